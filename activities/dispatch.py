@@ -1,0 +1,140 @@
+"""``DispatchActivities``: the ``dispatch`` activity, which runs a backend on one inbound message.
+
+The backend runs as an asyncio task while the activity heartbeats Temporal, so a long backend call (a 45 s model
+run) never looks dead, and a killed worker is noticed within ``heartbeat_timeout``. Cancellation (workflow request,
+heartbeat timeout seen by the server, worker shutdown) cancels the backend task, which kills its processes.
+
+Failure classes: ``BackendFailed`` (retryable; the workflow dead-letters after ``max_attempts``) and
+``BackendMisconfigured`` (non-retryable; the workflow blocks instead of dead-lettering every message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.a2a import TextPart
+from activities.backends import create_backend
+from activities.backends.base import Backend, BackendConfigError, BackendError, BackendRequest
+from activities.errors import ErrorType
+from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyPart
+
+MAX_REPLY_TEXT_BYTES = 512 * 1024
+"""Reply text above this is cut with a visible marker: results live in history (2 MiB payload limit)."""
+TRUNCATION_MARKER = "\n\n[… reply truncated by molecule-connect: {dropped} bytes dropped]"
+
+
+def truncate_parts(parts: list[ReplyPart], limit: int = MAX_REPLY_TEXT_BYTES) -> tuple[list[ReplyPart], bool]:
+    """Cut text parts so their UTF-8 size stays within ``limit`` bytes.
+
+    Returns:
+        The parts (cut text carries :data:`TRUNCATION_MARKER`) and whether anything was cut.
+    """
+    budget = limit
+    out: list[ReplyPart] = []
+    truncated = False
+    for part in parts:
+        if not isinstance(part, TextPart):
+            out.append(part)
+            continue
+        encoded = part.text.encode()
+        if len(encoded) <= budget:
+            budget -= len(encoded)
+            out.append(part)
+            continue
+        kept = encoded[: max(budget, 0)].decode(errors="ignore")
+        marker = TRUNCATION_MARKER.format(dropped=len(encoded) - len(kept.encode()))
+        out.append(part.model_copy(update={"text": kept + marker}))
+        budget = 0
+        truncated = True
+    return out, truncated
+
+
+class DispatchActivities:
+    """Runs backends. Backends are created once per (name, options) and reused; closed at worker shutdown."""
+
+    def __init__(self) -> None:
+        self._backends: dict[tuple[str, tuple[tuple[str, str], ...]], Backend] = {}
+
+    def backend_for(self, spec: BackendSpec) -> Backend:
+        """The cached backend for ``spec``, created on first use.
+
+        Raises:
+            BackendConfigError: Unknown backend or bad options.
+        """
+        key = (spec.name, tuple(sorted(spec.options.items())))
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = create_backend(spec.name, spec.options)
+            self._backends[key] = backend
+        return backend
+
+    async def close(self) -> None:
+        """Close every backend created so far."""
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            with contextlib.suppress(Exception):
+                await backend.close()
+
+    @activity.defn(name="dispatch")
+    async def dispatch(self, input: DispatchInput) -> DispatchResult:
+        """Run the backend on one message and return its reply parts.
+
+        Heartbeats every third of ``heartbeat_timeout`` (at most every 10 s) while the backend runs.
+
+        Returns:
+            Reply parts; text over :data:`MAX_REPLY_TEXT_BYTES` is truncated with a visible marker.
+
+        Raises:
+            ApplicationError: ``BackendFailed`` (retryable) or ``BackendMisconfigured`` (non-retryable).
+            asyncio.CancelledError: The activity was cancelled; the backend was stopped first.
+        """
+        info = activity.info()
+        log_extra = {"workspace_id": input.target.workspace_id, "row_id": input.row.row_id, "attempt": info.attempt}
+        if input.row.message is None:
+            raise ApplicationError("dispatch: row has no message", type=ErrorType.BACKEND_FAILED, non_retryable=True)
+        try:
+            backend = self.backend_for(input.backend)
+        except BackendConfigError as err:
+            raise ApplicationError(
+                f"backend {input.backend.name}: {err}", type=ErrorType.BACKEND_MISCONFIGURED, non_retryable=True
+            ) from None
+        request = BackendRequest(
+            workspace_id=input.target.workspace_id,
+            row_id=input.row.row_id,
+            source_id=input.row.source_id,
+            lane=input.lane,
+            message=input.row.message,
+            text=input.row.text,
+            attempt=info.attempt,
+        )
+        beat_every = min((info.heartbeat_timeout or timedelta(seconds=30)).total_seconds() / 3, 10.0)
+        task = asyncio.create_task(backend.handle(request))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=max(beat_every, 0.2))
+                if done:
+                    break
+                activity.heartbeat()
+            response = task.result()
+        except asyncio.CancelledError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            activity.logger.info("dispatch cancelled; backend stopped", extra=log_extra)
+            raise
+        except BackendConfigError as err:
+            raise ApplicationError(
+                f"backend {input.backend.name}: {err}", type=ErrorType.BACKEND_MISCONFIGURED, non_retryable=True
+            ) from None
+        except BackendError as err:
+            activity.logger.warning("backend failed: %s", err, extra=log_extra)
+            raise ApplicationError(f"backend {input.backend.name}: {err}", type=ErrorType.BACKEND_FAILED) from None
+        parts, truncated = truncate_parts(list(response.parts))
+        if truncated:
+            activity.logger.warning("backend reply truncated", extra=log_extra)
+        return DispatchResult(parts=parts, truncated=truncated)

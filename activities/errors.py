@@ -1,0 +1,90 @@
+"""Failure classes of PROTOCOL.md §2 as Temporal ``ApplicationError`` types, and the one status classifier.
+
+Transient failures are retryable (with ``next_retry_delay`` from ``Retry-After``); auth, gone and permanent ones are
+non-retryable and carry a constant ``type`` that ``ConnectWorkflow`` matches on. Error text holds the operation, the
+status and at most 200 characters of the body; never a token.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+
+import httpx
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+
+class ErrorType(StrEnum):
+    """``ApplicationError.type`` values. They live in history: renaming one is a versioning change."""
+
+    TRANSIENT = "Transient"
+    """Network error, timeout, 5xx, 408, 425, 429: retried with backoff."""
+    AUTH = "Auth"
+    """401/403, or no token configured: the duty stops and is retried slowly."""
+    GONE = "Gone"
+    """Our own workspace answered 404/410: removed, or tenant headers missing."""
+    PERMANENT = "Permanent"
+    """Any other 4xx: this request will never succeed."""
+    BACKEND_FAILED = "BackendFailed"
+    """The backend failed on this message: retried, then dead-lettered."""
+    BACKEND_MISCONFIGURED = "BackendMisconfigured"
+    """The backend cannot run at all (unknown backend, command not found, bad option): the workspace is blocked."""
+
+
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+NOT_RETRYABLE = (ErrorType.AUTH, ErrorType.GONE, ErrorType.PERMANENT, ErrorType.BACKEND_MISCONFIGURED)
+
+
+def _retry_after(response: httpx.Response) -> timedelta | None:
+    """Seconds from ``Retry-After`` (delta form), or the body's ``retry_after``; ``None`` when absent or bad."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return timedelta(seconds=min(max(seconds, 0.0), 3600.0))
+
+
+def body_excerpt(response: httpx.Response, limit: int = 200) -> str:
+    """At most ``limit`` characters of a response body, on one line."""
+    try:
+        text = response.text
+    except (UnicodeDecodeError, httpx.ResponseNotRead):
+        return "<unreadable body>"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def classify_response(operation: str, response: httpx.Response, *, own_workspace: bool = True) -> ApplicationError:
+    """Map a non-2xx response to the PROTOCOL.md §2 class, as an ``ApplicationError`` to raise.
+
+    Args:
+        operation: What was attempted, e.g. ``"poll"`` or ``"reply to <id>"``.
+        response: The platform's answer (status ≥ 300).
+        own_workspace: 404/410 on our own workspace means ``Gone``; on another (a peer) it is ``Permanent``.
+
+    Returns:
+        An error of type ``Transient`` (retryable, ``next_retry_delay`` from ``Retry-After``), ``Auth``, ``Gone`` or
+        ``Permanent`` (non-retryable).
+    """
+    status = response.status_code
+    detail = f"{operation}: HTTP {status} {body_excerpt(response)}".rstrip()
+    if status in TRANSIENT_STATUSES or status >= 500:
+        return ApplicationError(
+            detail,
+            type=ErrorType.TRANSIENT,
+            next_retry_delay=_retry_after(response),
+            category=ApplicationErrorCategory.BENIGN if status in (425, 429) else ApplicationErrorCategory.UNSPECIFIED,
+        )
+    if status in (401, 403):
+        return ApplicationError(detail, type=ErrorType.AUTH, non_retryable=True)
+    if own_workspace and status in (404, 410):
+        return ApplicationError(detail, type=ErrorType.GONE, non_retryable=True)
+    return ApplicationError(detail, type=ErrorType.PERMANENT, non_retryable=True)
+
+
+def transport_error(operation: str, err: httpx.HTTPError) -> ApplicationError:
+    """A network failure or timeout as a retryable ``Transient`` error (PROTOCOL.md §2)."""
+    return ApplicationError(f"{operation}: {type(err).__name__}: {err}"[:300], type=ErrorType.TRANSIENT)

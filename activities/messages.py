@@ -1,0 +1,205 @@
+"""Input and result models of every activity: what crosses Temporal, so what lands in history.
+
+Nothing here may hold a secret: tokens are looked up by the worker from ``workspace_id`` (see ``worker.secrets``).
+All models are frozen and ``extra="forbid"``; quantities in plain JSON end in ``_s`` or ``_bytes``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from activities.a2a import A2AMessage, DataPart, FilePart, TextPart
+
+ReplyPart = TextPart | FilePart | DataPart
+
+
+class Model(BaseModel):
+    """Base of our own models: frozen, strict about unknown fields, field docstrings as descriptions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class PlatformTarget(Model):
+    """Which workspace on which platform an activity acts for."""
+
+    workspace_id: str
+    """Our workspace id (a UUID on real platforms)."""
+    platform_url: str
+    """Platform base URL, no trailing slash."""
+
+
+class BackendSpec(Model):
+    """Which backend runs messages, and its options (PROTOCOL-independent; see ``activities.backends``).
+
+    Options are plain strings as typed on the command line (``-o key=value``); secrets are never options:
+    an option names an environment variable instead (e.g. ``auth_env=AGENT_TOKEN``).
+    """
+
+    name: str = "echo"
+    """Backend name, e.g. ``echo`` or ``exec``."""
+    options: dict[str, str] = Field(default_factory=dict)
+    """Backend options."""
+
+
+class RowPointer(Model):
+    """A position in the inbox: an activity row id and when the platform stored it."""
+
+    row_id: str
+    """The activity row id (the cursor value)."""
+    created_at: datetime | None = None
+    """The row's ``created_at``; used to recover from a 410 without skipping newer rows."""
+
+
+# --- register / heartbeat ---------------------------------------------------------------------------------------
+
+
+class RegisterInput(Model):
+    """Input of ``register`` (PROTOCOL.md §3.1)."""
+
+    target: PlatformTarget
+    agent_name: str = "molecule-connect"
+    """``agent_card.name`` sent to the platform."""
+
+
+class RegisterResult(Model):
+    """Result of ``register``."""
+
+    delivery_mode: str
+    """The delivery mode the platform recorded (``poll`` expected)."""
+
+
+class HeartbeatInput(Model):
+    """Input of the long-running ``heartbeat`` activity (PROTOCOL.md §3.2)."""
+
+    target: PlatformTarget
+    interval_s: float = 30.0
+    """Seconds between platform heartbeats (three fit the platform's 90 s stale window)."""
+    run_for_s: float = 3600.0
+    """The activity returns after this long, so each run costs a handful of history events."""
+
+
+class HeartbeatResult(Model):
+    """Result of ``heartbeat``: how many beats were posted and how many failed transiently."""
+
+    beats: int
+    failures: int
+
+
+# --- poll ------------------------------------------------------------------------------------------------------
+
+ColdStart = Literal["latest", "backlog"]
+"""Where a never-served workspace starts: the newest row (deliver nothing old) or the last rows, oldest first."""
+
+
+class PollInput(Model):
+    """Input of the long-poll ``poll`` activity (PROTOCOL.md §3.3).
+
+    Without a ``cursor``: before the first successful poll (``seeded`` false) ``start_from`` applies; after it, every
+    row in the inbox is new (the inbox was empty when seeded), so the newest ``limit`` rows are returned oldest first.
+    """
+
+    target: PlatformTarget
+    cursor: RowPointer | None = None
+    """The fetch cursor: rows strictly after it are returned."""
+    seeded: bool = False
+    """Whether the cold start already happened."""
+    start_from: ColdStart = "latest"
+    """Cold-start policy."""
+    backlog_limit: int = 100
+    """How many of the newest rows ``backlog`` delivers."""
+    limit: int = 100
+    """Rows per inbox request (platform max 500)."""
+    poll_interval_s: float = 1.0
+    """Seconds between inbox requests while the inbox is empty."""
+    max_wait_s: float = 600.0
+    """Return an empty batch after this long, so an idle workspace costs ~6 history events per ``max_wait_s``."""
+    not_before: datetime | None = None
+    """Without a cursor after a reset: only rows created at or after this time are returned (PROTOCOL.md §3.3)."""
+
+
+class PolledRow(Model):
+    """One inbox row as the workflow sees it: to deliver, to skip, or malformed (PROTOCOL.md §4)."""
+
+    row_id: str
+    created_at: datetime | None = None
+    source_id: str | None = None
+    """Sender workspace id; ``None`` for the canvas (a human)."""
+    method: str | None = None
+    """JSON-RPC method of the row (``message/send``, ``notify``...)."""
+    outcome: Literal["deliver", "skip", "malformed"]
+    """``deliver`` runs the backend; ``skip`` settles at once; ``malformed`` is dead-lettered at once."""
+    reason: str | None = None
+    """Why a row is skipped or malformed, one line."""
+    message: A2AMessage | None = None
+    """The normalized inbound message (``deliver`` only)."""
+    text: str = ""
+    """Text parts joined in order."""
+    unsupported_parts: int = 0
+    """Parts the connector could not represent."""
+    body_bytes: int = 0
+    """Size of the row's ``request_body`` as JSON, in bytes."""
+    auto_reply_depth: int = 0
+    """``metadata.auto_reply_depth`` of the inbound message: how many automatic replies led to it (PROTOCOL.md §7)."""
+
+    @property
+    def pointer(self) -> RowPointer:
+        """This row as a cursor position."""
+        return RowPointer(row_id=self.row_id, created_at=self.created_at)
+
+
+class PollResult(Model):
+    """Result of ``poll``: rows oldest first, and how the cursor moved."""
+
+    rows: list[PolledRow] = Field(default_factory=list)
+    """New rows, oldest first (a DESC read is reversed by the activity)."""
+    seed: RowPointer | None = None
+    """Cold start ``latest``: the newest row, to become the cursor; nothing before it is delivered."""
+    cold_start_done: bool = False
+    """This poll performed the cold start (``seed`` may still be ``None`` when the inbox was empty)."""
+    cursor_reset: bool = False
+    """The cursor was not found (410); ``rows`` were re-read without it and start after the cursor's time."""
+    polls: int = 0
+    """How many inbox requests this activity made."""
+
+
+# --- dispatch / reply ------------------------------------------------------------------------------------------
+
+
+class DispatchInput(Model):
+    """Input of ``dispatch``: run the backend on one inbound message."""
+
+    target: PlatformTarget
+    backend: BackendSpec
+    row: PolledRow
+    lane: str
+    """The conversation (``contextId``, else the sender, else ``canvas``)."""
+
+
+class DispatchResult(Model):
+    """Result of ``dispatch``: the reply parts."""
+
+    parts: list[ReplyPart]
+    truncated: bool = False
+    """The backend's reply was cut to fit Temporal's payload limit; the text carries a visible marker."""
+
+
+class ReplyInput(Model):
+    """Input of ``reply`` (PROTOCOL.md §1.5, §3.4, §3.5)."""
+
+    target: PlatformTarget
+    row: PolledRow
+    """The inbound row being answered."""
+    parts: list[ReplyPart]
+    is_error: bool = False
+    """An error reply (the message was dead-lettered); marked in metadata for the sender."""
+
+
+class ReplyResult(Model):
+    """Result of ``reply``."""
+
+    destination: Literal["peer", "canvas"]
+    message_id: str | None = None
+    """The deterministic reply messageId (peer replies)."""

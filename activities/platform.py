@@ -1,0 +1,435 @@
+"""``PlatformActivities``: every call to the Molecule platform, over one shared ``httpx.AsyncClient``.
+
+Activities: ``register`` (PROTOCOL.md §3.1), ``heartbeat`` (long-running, §3.2), ``poll`` (long-poll of the inbox,
+§3.3–4) and ``reply`` (§3.4 to a peer, §3.5 to the canvas). Failures are raised as ``ApplicationError`` typed by
+``activities.errors`` (PROTOCOL.md §2). Tokens are looked up per call from the workspace id and exist only in request
+headers: never in arguments, results, errors or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.a2a import MalformedMessageError, TextPart, build_reply_request, parse_inbound, reply_message_id
+from activities.errors import ErrorType, classify_response, transport_error
+from activities.messages import (
+    HeartbeatInput,
+    HeartbeatResult,
+    PlatformTarget,
+    PolledRow,
+    PollInput,
+    PollResult,
+    RegisterInput,
+    RegisterResult,
+    ReplyInput,
+    ReplyResult,
+    RowPointer,
+)
+
+INBOX_TYPE = "a2a_receive"
+DISPATCHED_METHODS = frozenset({"message/send", "message/stream"})
+RESET_READ_LIMIT = 500
+"""Rows re-read (newest first) after a 410 or without a cursor: the platform's maximum ``limit``."""
+MAX_BATCH_BYTES = 768 * 1024
+"""A poll result stays under this many body bytes, well inside Temporal's 2 MiB payload limit (rest: next poll)."""
+
+TokenLookup = Callable[[str], str]
+"""``workspace_id -> token``; raises ``LookupError`` (e.g. ``worker.secrets.MissingTokenError``) when unknown."""
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """Parse the platform's ISO-8601 ``created_at`` (``Z`` suffix accepted); ``None`` when absent or bad."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def row_to_polled(row: dict[str, Any]) -> PolledRow:
+    """Apply the skip rules of PROTOCOL.md §4 and parse one inbox row.
+
+    Args:
+        row: One element of ``GET /workspaces/{id}/activity`` (JSON object).
+
+    Returns:
+        A ``PolledRow`` whose ``outcome`` is ``deliver`` (with message and text), ``skip`` (notify echo, error row,
+        already answered by push, unknown method, no content) or ``malformed`` (a body that cannot be parsed).
+    """
+    row_id = str(row.get("id"))
+    method = row.get("method")
+    common: dict[str, Any] = {
+        "row_id": row_id,
+        "created_at": _parse_time(row.get("created_at")),
+        "source_id": row.get("source_id"),
+        "method": method,
+    }
+    body = row.get("request_body")
+    body_bytes = len(orjson.dumps(body)) if body is not None else 0
+    common["body_bytes"] = body_bytes
+
+    def skip(reason: str) -> PolledRow:
+        return PolledRow(**common, outcome="skip", reason=reason)
+
+    if row.get("activity_type", INBOX_TYPE) != INBOX_TYPE:
+        return skip(f"activity_type {row.get('activity_type')!r} is not {INBOX_TYPE}")
+    if method == "notify":
+        return skip("own canvas reply (notify echo)")
+    if row.get("status") == "error":
+        return skip("row status is error")
+    if row.get("response_body") is not None:
+        return skip("already answered (push delivery)")
+    if method not in DISPATCHED_METHODS:
+        return skip(f"unknown method {method!r}")
+    if body is None:
+        return skip("no request_body")
+    try:
+        parsed = parse_inbound(body)
+    except MalformedMessageError as err:
+        return PolledRow(**common, outcome="malformed", reason=err.reason)
+    depth = (parsed.message.metadata or {}).get("auto_reply_depth", 0)
+    return PolledRow(
+        **common,
+        outcome="deliver",
+        message=parsed.message,
+        text=parsed.text,
+        unsupported_parts=parsed.unsupported_parts,
+        auto_reply_depth=depth if isinstance(depth, int) and depth >= 0 else 0,
+    )
+
+
+class PlatformActivities:
+    """The platform's HTTP surface as Temporal activities.
+
+    One instance per worker process. The ``httpx.AsyncClient`` is built and closed by the worker assembly; it has
+    explicit timeouts and pool limits sized to activity concurrency.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        token_for: TokenLookup,
+        *,
+        org_id: str | None = None,
+        agent_version: str = "0",
+    ) -> None:
+        """Create the activities.
+
+        Args:
+            http: Shared client (not owned: the caller closes it).
+            token_for: Token lookup by workspace id.
+            org_id: Sent as ``X-Molecule-Org-Id`` when set (hosted platforms, PROTOCOL.md §2).
+            agent_version: ``agent_card.version`` sent on register.
+        """
+        self._http = http
+        self._token_for = token_for
+        self._org_id = org_id
+        self._agent_version = agent_version
+
+    # --- plumbing ---------------------------------------------------------------------------------------------
+
+    def _headers(self, target: PlatformTarget, *, body: bool = False) -> dict[str, str]:
+        """Auth and tenant headers for one request (PROTOCOL.md §2); raises ``Auth`` when no token is known."""
+        try:
+            token = self._token_for(target.workspace_id)
+        except LookupError as err:
+            raise ApplicationError(str(err), type=ErrorType.AUTH, non_retryable=True) from None
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Origin": target.platform_url}
+        if body:
+            headers["Content-Type"] = "application/json"
+        if self._org_id:
+            headers["X-Molecule-Org-Id"] = self._org_id
+        return headers
+
+    async def _request(
+        self,
+        operation: str,
+        method: str,
+        target: PlatformTarget,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request; return the response whatever its status. Network errors raise ``Transient``."""
+        headers = self._headers(target, body=json_body is not None)
+        headers.update(extra_headers or {})
+        content = orjson.dumps(json_body) if json_body is not None else None
+        try:
+            return await self._http.request(
+                method, f"{target.platform_url}{path}", content=content, params=params, headers=headers
+            )
+        except httpx.HTTPError as err:
+            raise transport_error(operation, err) from None
+
+    # --- register / heartbeat ---------------------------------------------------------------------------------
+
+    @activity.defn(name="register")
+    async def register(self, input: RegisterInput) -> RegisterResult:
+        """Register the workspace in poll mode: ``POST /registry/register`` (PROTOCOL.md §3.1).
+
+        Idempotent upsert: status becomes ``online``. A bootstrap ``auth_token`` in the answer is never returned.
+
+        Raises:
+            ApplicationError: ``Transient`` (retried), ``Auth``, ``Gone`` or ``Permanent``.
+        """
+        body = {
+            "id": input.target.workspace_id,
+            "delivery_mode": "poll",
+            "agent_card": {
+                "name": input.agent_name,
+                "description": "External agent attached by molecule-connect (Temporal)",
+                "version": self._agent_version,
+            },
+        }
+        response = await self._request("register", "POST", input.target, "/registry/register", json_body=body)
+        if response.status_code >= 300:
+            raise classify_response("register", response)
+        data = response.json() if response.content else {}
+        activity.logger.info("registered", extra={"workspace_id": input.target.workspace_id})
+        return RegisterResult(delivery_mode=str(data.get("delivery_mode", "poll")))
+
+    @activity.defn(name="heartbeat")
+    async def heartbeat(self, input: HeartbeatInput) -> HeartbeatResult:
+        """Post ``POST /registry/heartbeat`` every ``interval_s`` for ``run_for_s``, heartbeating Temporal each beat.
+
+        Long-running so that a connected workspace costs a few history events per hour. A transient platform failure
+        is counted and retried at the next beat (a beat is never worth failing the duty for); ``Retry-After`` shortens
+        nothing, as the next beat is at most ``interval_s`` away.
+
+        Returns:
+            Beats posted and transient failures, once ``run_for_s`` has elapsed.
+
+        Raises:
+            ApplicationError: ``Auth`` (401/403, no token) or ``Gone`` (404/410): the workflow pauses the duty.
+            asyncio.CancelledError: The workflow cancelled the duty (continue-as-new, drain).
+        """
+        started = time.monotonic()
+        beats = failures = 0
+        body = {"workspace_id": input.target.workspace_id}
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = await self._request(
+                    "heartbeat",
+                    "POST",
+                    input.target,
+                    "/registry/heartbeat",
+                    json_body={**body, "uptime_seconds": int(time.monotonic() - started)},
+                )
+            except ApplicationError as err:
+                if err.type != ErrorType.TRANSIENT:
+                    raise
+            if response is not None and response.status_code < 300:
+                beats += 1
+            else:
+                if response is not None:
+                    error = classify_response("heartbeat", response)
+                    if error.type != ErrorType.TRANSIENT:
+                        raise error
+                failures += 1
+                activity.logger.warning(
+                    "heartbeat failed", extra={"workspace_id": input.target.workspace_id, "failures": failures}
+                )
+            activity.heartbeat(beats, failures)
+            if time.monotonic() - started >= input.run_for_s:
+                return HeartbeatResult(beats=beats, failures=failures)
+            await asyncio.sleep(input.interval_s if response is not None and response.status_code < 300 else 5.0)
+
+    # --- poll -------------------------------------------------------------------------------------------------
+
+    async def _get_inbox(self, target: PlatformTarget, params: dict[str, Any]) -> httpx.Response:
+        return await self._request(
+            "poll", "GET", target, f"/workspaces/{target.workspace_id}/activity", params={"type": INBOX_TYPE, **params}
+        )
+
+    def _rows(self, response: httpx.Response) -> list[dict[str, Any]]:
+        if response.status_code >= 300:
+            raise classify_response("poll", response)
+        data = orjson.loads(response.content or b"[]")
+        if not isinstance(data, list):
+            raise ApplicationError("poll: inbox answer is not a JSON array", type=ErrorType.TRANSIENT)
+        return [row for row in data if isinstance(row, dict) and row.get("id")]
+
+    async def _read_newest(self, target: PlatformTarget, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` rows, oldest first (the platform answers DESC without a cursor, PROTOCOL.md §3.3)."""
+        rows = self._rows(await self._get_inbox(target, {"limit": limit}))
+        rows.reverse()
+        return rows
+
+    @staticmethod
+    def _after(rows: list[dict[str, Any]], not_before: datetime | None) -> list[dict[str, Any]]:
+        if not_before is None:
+            return rows
+        return [r for r in rows if (t := _parse_time(r.get("created_at"))) is None or t >= not_before]
+
+    async def _poll_once(self, input: PollInput) -> PollResult | None:
+        """One inbox read. ``None`` when there is nothing to report and the long poll should go on."""
+        target = input.target
+        cursor = input.cursor
+        if cursor is not None and not _is_uuid(cursor.row_id):
+            # A non-UUID cursor gets a 500 on every poll (PROTOCOL.md §3.3): treat it as lost, like a 410.
+            activity.logger.warning("cursor is not a UUID; resetting", extra={"workspace_id": target.workspace_id})
+            rows = self._after(await self._read_newest(target, RESET_READ_LIMIT), cursor.created_at)
+            return PollResult(rows=[row_to_polled(r) for r in rows], cursor_reset=True)
+        if cursor is not None:
+            response = await self._get_inbox(target, {"since_id": cursor.row_id, "limit": input.limit})
+            if response.status_code == 410:
+                activity.logger.warning(
+                    "cursor not found (410); re-reading newest rows",
+                    extra={"workspace_id": target.workspace_id, "row_id": cursor.row_id},
+                )
+                rows = self._after(await self._read_newest(target, RESET_READ_LIMIT), cursor.created_at)
+                return PollResult(rows=[row_to_polled(r) for r in rows], cursor_reset=True)
+            rows = self._rows(response)
+            return PollResult(rows=[row_to_polled(r) for r in rows]) if rows else None
+        if not input.seeded:
+            if input.start_from == "latest":
+                newest = await self._read_newest(target, 1)
+                seed = (
+                    RowPointer(row_id=str(newest[-1]["id"]), created_at=_parse_time(newest[-1].get("created_at")))
+                    if newest
+                    else None
+                )
+                return PollResult(seed=seed, cold_start_done=True)
+            rows = await self._read_newest(target, min(max(input.backlog_limit, 1), RESET_READ_LIMIT))
+            return PollResult(rows=[row_to_polled(r) for r in rows], cold_start_done=True)
+        # Seeded without a cursor: the inbox was empty (or reset) then, so every row since is new.
+        rows = self._after(await self._read_newest(target, RESET_READ_LIMIT), input.not_before)
+        return PollResult(rows=[row_to_polled(r) for r in rows]) if rows else None
+
+    @staticmethod
+    def _bounded(result: PollResult) -> PollResult:
+        """Cut a batch so its bodies stay under ``MAX_BATCH_BYTES``; the rest comes on the next poll."""
+        total = 0
+        for index, row in enumerate(result.rows):
+            total += row.body_bytes
+            if total > MAX_BATCH_BYTES and index > 0:
+                return result.model_copy(update={"rows": result.rows[:index]})
+        return result
+
+    @activity.defn(name="poll")
+    async def poll(self, input: PollInput) -> PollResult:
+        """Long-poll the inbox until rows arrive or ``max_wait_s`` passes (PROTOCOL.md §3.3–4).
+
+        Reads ``GET /workspaces/{id}/activity?type=a2a_receive&since_id=<cursor>`` every ``poll_interval_s`` and
+        heartbeats Temporal on each pass, so polling costs no history. Without a cursor, applies the cold start
+        (``latest``: seed at the newest row; ``backlog``: the newest ``backlog_limit`` rows, oldest first). On a 410,
+        re-reads the newest rows without a cursor and keeps those created at or after the cursor row (the workflow's
+        dedupe window drops anything already seen).
+
+        Returns:
+            Rows oldest first (skip rules applied), possibly empty after ``max_wait_s``.
+
+        Raises:
+            ApplicationError: ``Transient`` (retried with backoff, ``Retry-After`` honoured), ``Auth``, ``Gone``.
+            asyncio.CancelledError: The workflow cancelled the poll (pause, cursor change, continue-as-new).
+        """
+        deadline = time.monotonic() + input.max_wait_s
+        polls = 0
+        while True:
+            polls += 1
+            result = await self._poll_once(input)
+            activity.heartbeat(polls)
+            if result is not None:
+                return self._bounded(result).model_copy(update={"polls": polls})
+            if time.monotonic() + input.poll_interval_s >= deadline:
+                return PollResult(polls=polls)
+            await asyncio.sleep(input.poll_interval_s)
+
+    # --- reply ------------------------------------------------------------------------------------------------
+
+    @activity.defn(name="reply")
+    async def reply(self, input: ReplyInput) -> ReplyResult:
+        """Send the reply for one inbound row (PROTOCOL.md §1.5).
+
+        From a peer (``source_id`` set): a new ``message/send`` to ``POST /workspaces/{source_id}/a2a`` in the v0.3
+        reply shape of PROTOCOL.md §5, with a deterministic ``messageId`` (UUIDv5 of workspace + row), so a retried
+        reply is stored once. From the canvas: ``POST /workspaces/{self}/notify`` with the text.
+
+        Raises:
+            ApplicationError: ``Transient`` (retried), ``Auth`` (our token), ``Permanent`` (the peer refused it; 404
+                on a peer is permanent, not ``Gone``).
+        """
+        target, row = input.target, input.row
+        if row.source_id is None:
+            text = "\n".join(p.text for p in input.parts if isinstance(p, TextPart))
+            attachments = [
+                {
+                    "uri": p.file.uri,
+                    "name": p.file.name or p.file.uri,
+                    **({"mimeType": p.file.mime_type} if p.file.mime_type else {}),
+                }
+                for p in input.parts
+                if p.kind == "file" and p.file.uri
+            ]
+            body: dict[str, Any] = {"message": text or "(no text)"}
+            if attachments:
+                body["attachments"] = attachments
+            response = await self._request(
+                "reply to canvas", "POST", target, f"/workspaces/{target.workspace_id}/notify", json_body=body
+            )
+            if response.status_code >= 300:
+                raise classify_response("reply to canvas", response)
+            return ReplyResult(destination="canvas")
+
+        message_id = reply_message_id(target.workspace_id, row.row_id)
+        metadata: dict[str, Any] = {"auto_reply": True, "auto_reply_depth": row.auto_reply_depth + 1}
+        if input.is_error:
+            metadata["error"] = True
+        if row.message is not None:
+            request = build_reply_request(
+                message_id=message_id,
+                request_id=message_id,
+                parts=list(input.parts),
+                in_reply_to=row.message,
+                row_id=row.row_id,
+                extra_metadata=metadata,
+            )
+        else:  # a malformed inbound body: answer without conversation context
+            request = {
+                "jsonrpc": "2.0",
+                "id": message_id,
+                "method": "message/send",
+                "params": {
+                    "message": {
+                        "role": "agent",
+                        "messageId": message_id,
+                        "referenceTaskIds": [],
+                        "parts": [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in input.parts],
+                        "metadata": {"activity_id": row.row_id, **metadata},
+                    }
+                },
+            }
+        operation = f"reply to {row.source_id}"
+        response = await self._request(
+            operation,
+            "POST",
+            target,
+            f"/workspaces/{row.source_id}/a2a",
+            json_body=request,
+            extra_headers={"X-Workspace-ID": target.workspace_id},
+        )
+        if response.status_code >= 300:
+            raise classify_response(operation, response, own_workspace=False)
+        return ReplyResult(destination="peer", message_id=message_id)

@@ -1,0 +1,77 @@
+"""Worker assembly: one ``httpx.AsyncClient``, the activities and ``ConnectWorkflow`` on one task queue.
+
+Used by every command that runs a worker (``run``, ``worker``, ``demo``) and by the tests, so production and tests
+run the same wiring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from importlib import metadata
+
+import httpx
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.dispatch import DispatchActivities
+from activities.platform import PlatformActivities, TokenLookup
+from workflows.connect import ConnectWorkflow
+
+HTTP_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
+"""Platform calls: a read over 30 s is a hung platform (long-polling happens in our loop, not the server's)."""
+
+
+def agent_version() -> str:
+    """This distribution's version, sent as ``agent_card.version``."""
+    try:
+        return metadata.version("molecule-connect-temporal")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    token_for: TokenLookup,
+    org_id: str | None = None,
+    max_concurrent_activities: int = 200,
+    graceful_shutdown: timedelta = timedelta(seconds=30),
+) -> AsyncIterator[Worker]:
+    """Run a connector worker for the duration of the ``async with`` block.
+
+    Args:
+        client: Connected Temporal client (with the pydantic data converter).
+        task_queue: Task queue to serve (default elsewhere: ``molecule-connect``).
+        token_for: Token lookup by workspace id; tokens never leave this process except in request headers.
+        org_id: ``X-Molecule-Org-Id`` for hosted platforms.
+        max_concurrent_activities: Activity slots; each connected workspace holds two (heartbeat, poll) plus one
+            per in-flight dispatch.
+        graceful_shutdown: How long in-flight activities may finish when the block exits.
+
+    Yields:
+        The running ``Worker``.
+    """
+    http = httpx.AsyncClient(
+        timeout=HTTP_TIMEOUT,
+        limits=httpx.Limits(max_connections=max_concurrent_activities, max_keepalive_connections=64),
+    )
+    platform = PlatformActivities(http, token_for, org_id=org_id, agent_version=agent_version())
+    dispatch = DispatchActivities()
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ConnectWorkflow],
+        activities=[platform.register, platform.heartbeat, platform.poll, platform.reply, dispatch.dispatch],
+        max_concurrent_activities=max_concurrent_activities,
+        graceful_shutdown_timeout=graceful_shutdown,
+    )
+    try:
+        async with worker:
+            yield worker
+    finally:
+        await dispatch.close()
+        await http.aclose()

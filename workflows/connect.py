@@ -1,0 +1,461 @@
+"""``ConnectWorkflow``: one long-running workflow per workspace, owning its inbox cursor (DESIGN.md §2).
+
+It registers the workspace, keeps a heartbeat activity running, and long-polls the inbox, feeding messages into
+conversation lanes. Each lane delivers its messages in arrival order (``dispatch`` then ``reply``); lanes run in
+parallel up to ``max_concurrency`` while the poll keeps reading ahead, bounded by ``max_pending``. The commit
+cursor only moves over settled rows (``workflows.state``). When Temporal suggests it, the workflow stops starting
+dispatches, lets in-flight ones finish and continues as new with its whole state.
+
+Why each handler is what it is:
+- ``status`` is a query: read-only, answered from memory, no history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.a2a import TextPart
+    from activities.dispatch import DispatchActivities
+    from activities.errors import ErrorType
+    from activities.messages import (
+        DispatchInput,
+        HeartbeatInput,
+        PlatformTarget,
+        PolledRow,
+        PollInput,
+        PollResult,
+        RegisterInput,
+        ReplyInput,
+        ReplyPart,
+    )
+    from activities.platform import PlatformActivities
+    from workflows.messages import (
+        ConnectInput,
+        ConnectResult,
+        DeadLetterSummary,
+        HeartbeatHealth,
+        InFlight,
+        Phase,
+        StatusResult,
+    )
+    from workflows.state import ConnectState, DeadLetter, PendingMessage, lane_of
+
+PLATFORM_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    # A platform outage is waited out: a minute between tries is gentle on a 600 req/min budget and still recovers
+    # within a minute of the platform coming back. Non-transient failures are non-retryable ApplicationErrors.
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=0,
+)
+"""Platform calls (register, heartbeat, poll, reply): transient failures are retried forever with backoff."""
+
+ERROR_REPLY_TIMEOUT = timedelta(minutes=5)
+"""Error replies are best effort: a sender we cannot reach for this long is not worth blocking a lane for."""
+
+HISTORY_LENGTH_LIMIT = 20_000
+"""Continue as new past this many events even if the server did not suggest it (the hard limit is 51,200)."""
+
+
+def _failure(err: ActivityError) -> tuple[str | None, str]:
+    """The ``ApplicationError`` type and a one-line message of a failed activity."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type, cause.message
+    if isinstance(cause, TimeoutError):
+        return "Timeout", f"activity {cause.type.name.lower() if cause.type else ''} timeout".replace("  ", " ")
+    return None, str(cause or err)
+
+
+@workflow.defn
+class ConnectWorkflow:
+    """Durable poll-mode connector for one Molecule workspace (DESIGN.md §2, PROTOCOL.md §1 and §8)."""
+
+    @workflow.init
+    def __init__(self, input: ConnectInput) -> None:
+        self._input = input
+        self._settings = input.settings
+        self._state = input.state or ConnectState()
+        self._target = PlatformTarget(workspace_id=input.workspace_id, platform_url=input.platform_url)
+        self._registered = False
+        self._blocked: dict[str, str] = {}
+        self._gone: str | None = None
+        self._running_lanes: set[str] = set()
+        self._lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[str, InFlight] = {}
+        self._stopping = False
+        self._crash: BaseException | None = None
+        self._heartbeat = HeartbeatHealth(running=False)
+
+    # --- main loop ----------------------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: ConnectInput) -> ConnectResult:
+        """Serve the workspace until continue-as-new (the workflow never completes on its own).
+
+        Args:
+            input: Workspace, platform URL, backend and settings; ``state`` when continued as new.
+
+        Returns:
+            Never in normal operation: the workflow continues as new with its state.
+        """
+        workflow.logger.info("connector starting", extra=self._log())
+        await self._register()
+        heartbeat = asyncio.create_task(self._heartbeat_duty())
+        self._start_lanes()
+        while not self._should_continue_as_new():
+            await workflow.wait_condition(
+                lambda: len(self._state.pending) < self._settings.max_pending or self._crash is not None
+            )
+            self._raise_if_crashed()
+            result = await self._poll()
+            if result is not None:
+                await self._ingest(result)
+            self._raise_if_crashed()
+
+        self._stopping = True
+        await workflow.wait_condition(lambda: not self._running_lanes or self._crash is not None)
+        self._raise_if_crashed()
+        heartbeat.cancel()
+        try:
+            await heartbeat
+        except asyncio.CancelledError:
+            pass
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._state.counters.continued_as_new += 1
+        workflow.logger.info("continuing as new", extra=self._log(pending=len(self._state.pending)))
+        workflow.continue_as_new(self._input.model_copy(update={"state": self._state}))
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_LENGTH_LIMIT
+
+    def _raise_if_crashed(self) -> None:
+        if self._crash is not None:
+            # A bug in a lane: fail the workflow task so it is retried (and visible) instead of losing the lane.
+            raise self._crash
+
+    def _log(self, **extra: object) -> dict[str, object]:
+        return {"workspace_id": self._target.workspace_id, **extra}
+
+    @property
+    def _phase(self) -> Phase:
+        if self._gone is not None:
+            return "gone"
+        if self._blocked:
+            return "blocked"
+        if not self._registered:
+            return "registering"
+        return "connected"
+
+    async def _wait_blocked(self, duty: str, reason: str) -> None:
+        """Record a blocked duty (auth, misconfiguration) and wait ``blocked_retry_s`` before trying again."""
+        if self._blocked.get(duty) != reason:
+            workflow.logger.warning("%s blocked: %s", duty, reason, extra=self._log())
+        self._blocked[duty] = reason
+        self._state.last_error = reason
+        await workflow.sleep(timedelta(seconds=self._settings.blocked_retry_s))
+
+    async def _wait_gone(self, reason: str) -> None:
+        if self._gone != reason:
+            workflow.logger.error("workspace gone: %s", reason, extra=self._log())
+        self._gone = reason
+        self._state.last_error = reason
+        await workflow.sleep(timedelta(seconds=self._settings.gone_retry_s))
+
+    def _unblock(self, duty: str) -> None:
+        if self._blocked.pop(duty, None) is not None:
+            workflow.logger.info("%s recovered", duty, extra=self._log())
+        self._gone = None
+
+    # --- register / heartbeat ----------------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        """Register until it succeeds: transient failures retry in the activity; auth/gone wait here."""
+        while True:
+            try:
+                await workflow.execute_activity_method(
+                    PlatformActivities.register,
+                    RegisterInput(target=self._target),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=PLATFORM_RETRY,
+                )
+            except ActivityError as err:
+                kind, message = _failure(err)
+                if kind == ErrorType.GONE:
+                    await self._wait_gone(message)
+                else:
+                    await self._wait_blocked("register", message)
+                continue
+            self._unblock("register")
+            self._registered = True
+            workflow.logger.info("registered", extra=self._log())
+            return
+
+    async def _heartbeat_duty(self) -> None:
+        """Keep one long-running heartbeat activity going; pause it on auth/gone and restart it later."""
+        settings = self._settings
+        while True:
+            self._heartbeat = self._heartbeat.model_copy(update={"running": True})
+            try:
+                result = await workflow.execute_activity_method(
+                    PlatformActivities.heartbeat,
+                    HeartbeatInput(
+                        target=self._target,
+                        interval_s=settings.heartbeat_interval_s,
+                        run_for_s=settings.heartbeat_run_for_s,
+                    ),
+                    start_to_close_timeout=timedelta(seconds=settings.heartbeat_run_for_s + 120),
+                    heartbeat_timeout=timedelta(seconds=max(2 * settings.heartbeat_interval_s + 30, 60)),
+                    retry_policy=PLATFORM_RETRY,
+                )
+            except ActivityError as err:
+                self._heartbeat = self._heartbeat.model_copy(update={"running": False})
+                kind, message = _failure(err)
+                if kind == ErrorType.GONE:
+                    await self._wait_gone(message)
+                else:
+                    await self._wait_blocked("heartbeat", message)
+                continue
+            self._unblock("heartbeat")
+            self._heartbeat = HeartbeatHealth(
+                running=True,
+                last_result_at=workflow.now(),
+                beats=self._heartbeat.beats + result.beats,
+                failures=self._heartbeat.failures + result.failures,
+            )
+
+    # --- poll ------------------------------------------------------------------------------------------------
+
+    async def _poll(self) -> PollResult | None:
+        settings, state = self._settings, self._state
+        try:
+            result = await workflow.execute_activity_method(
+                PlatformActivities.poll,
+                PollInput(
+                    target=self._target,
+                    cursor=state.fetch_cursor,
+                    seeded=state.seeded,
+                    start_from=settings.start_from,
+                    backlog_limit=settings.backlog_limit,
+                    limit=settings.poll_limit,
+                    poll_interval_s=settings.poll_interval_s,
+                    max_wait_s=settings.poll_max_wait_s,
+                    not_before=state.not_before,
+                ),
+                start_to_close_timeout=timedelta(seconds=settings.poll_max_wait_s + 120),
+                heartbeat_timeout=timedelta(seconds=30 + settings.poll_interval_s),
+                retry_policy=PLATFORM_RETRY,
+            )
+        except ActivityError as err:
+            kind, message = _failure(err)
+            if kind == ErrorType.GONE:
+                await self._wait_gone(message)
+            else:
+                await self._wait_blocked("poll", message)
+            return None
+        self._unblock("poll")
+        return result
+
+    async def _ingest(self, result: PollResult) -> None:
+        for row, reason in self._state.ingest(result):
+            await self._dead_letter(PendingMessage(row=row, lane=lane_of(row)), reason, stage="parse", attempts=0)
+        if result.cursor_reset:
+            workflow.logger.warning("cursor was pruned (410); recovered", extra=self._log(rows=len(result.rows)))
+        self._start_lanes()
+
+    # --- lanes -----------------------------------------------------------------------------------------------
+
+    def _start_lanes(self) -> None:
+        """Start a task for each lane with work, in order of its oldest message, up to ``max_concurrency``."""
+        if self._stopping:
+            return
+        for lane in self._state.lane_queues():
+            if len(self._running_lanes) >= self._settings.max_concurrency:
+                return
+            if lane not in self._running_lanes:
+                self._running_lanes.add(lane)
+                self._lane_tasks[lane] = asyncio.create_task(self._run_lane(lane))
+
+    async def _run_lane(self, lane: str) -> None:
+        try:
+            while not self._stopping:
+                message = self._state.next_in_lane(lane)
+                if message is None:
+                    break
+                await self._deliver(message)
+        except Exception as err:  # noqa: BLE001 - surfaced by the main loop, see _raise_if_crashed
+            self._crash = err
+        finally:
+            self._running_lanes.discard(lane)
+            self._lane_tasks.pop(lane, None)
+            if self._crash is None:
+                self._start_lanes()
+
+    async def _deliver(self, message: PendingMessage) -> None:
+        """Dispatch one message and send its reply; settle it either way (replied, skipped or dead-lettered)."""
+        row = message.row
+        if row.auto_reply_depth > self._settings.max_auto_reply_depth:
+            workflow.logger.info(
+                "auto-reply depth %d over limit; not dispatched", row.auto_reply_depth, extra=self._log(row_id=row.row_id)
+            )
+            self._state.record_skip(row.row_id)
+            return
+        parts = message.reply_parts
+        if parts is None:
+            parts = await self._dispatch(message)
+            if parts is None:
+                return
+        await self._send_reply(message, parts)
+
+    async def _dispatch(self, message: PendingMessage) -> list[ReplyPart] | None:
+        """Run the backend with retries; the reply parts, or ``None`` once the message is dead-lettered."""
+        settings, row = self._settings, message.row
+        while True:
+            self._in_flight[row.row_id] = InFlight(
+                row_id=row.row_id, lane=message.lane, stage="dispatch", since=workflow.now()
+            )
+            try:
+                result = await workflow.execute_activity_method(
+                    DispatchActivities.dispatch,
+                    DispatchInput(target=self._target, backend=self._input.backend, row=row, lane=message.lane),
+                    start_to_close_timeout=timedelta(seconds=settings.dispatch_timeout_s),
+                    heartbeat_timeout=timedelta(seconds=settings.dispatch_heartbeat_timeout_s),
+                    retry_policy=RetryPolicy(
+                        initial_interval=timedelta(seconds=1),
+                        backoff_coefficient=2.0,
+                        maximum_interval=timedelta(seconds=60),
+                        maximum_attempts=settings.max_attempts,
+                    ),
+                )
+            except ActivityError as err:
+                kind, error = _failure(err)
+                if kind == ErrorType.BACKEND_MISCONFIGURED:
+                    await self._wait_blocked("backend", error)
+                    continue
+                attempts = settings.max_attempts if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED else 1
+                await self._dead_letter(message, error, stage="dispatch", attempts=attempts)
+                return None
+            finally:
+                self._in_flight.pop(row.row_id, None)
+            self._unblock("backend")
+            return list(result.parts)
+
+    async def _send_reply(self, message: PendingMessage, parts: list[ReplyPart]) -> None:
+        row = message.row
+        while True:
+            self._in_flight[row.row_id] = InFlight(
+                row_id=row.row_id, lane=message.lane, stage="reply", since=workflow.now()
+            )
+            try:
+                await workflow.execute_activity_method(
+                    PlatformActivities.reply,
+                    ReplyInput(target=self._target, row=row, parts=parts),
+                    start_to_close_timeout=timedelta(seconds=60),
+                    schedule_to_close_timeout=timedelta(seconds=self._settings.reply_timeout_s),
+                    retry_policy=PLATFORM_RETRY,
+                )
+            except ActivityError as err:
+                kind, error = _failure(err)
+                if kind == ErrorType.AUTH:
+                    await self._wait_blocked("reply", error)
+                    continue
+                await self._dead_letter(message, error, stage="reply", attempts=1, reply_parts=parts)
+                return
+            finally:
+                self._in_flight.pop(row.row_id, None)
+            self._unblock("reply")
+            self._state.record_reply(row.row_id, workflow.now())
+            return
+
+    async def _dead_letter(
+        self,
+        message: PendingMessage,
+        error: str,
+        *,
+        stage: str,
+        attempts: int,
+        reply_parts: list[ReplyPart] | None = None,
+    ) -> None:
+        """Set a message aside (settling its row), then tell the sender when configured (PROTOCOL.md §8)."""
+        now = workflow.now()
+        row = message.row
+        self._state.dead_letter(
+            DeadLetter(
+                row=row,
+                lane=message.lane,
+                error=error,
+                stage=stage,  # type: ignore[arg-type]
+                attempts=attempts,
+                first_failed_at=now,
+                dead_lettered_at=now,
+                reply_parts=reply_parts,
+            )
+        )
+        workflow.logger.info(
+            "message dead-lettered at %s: %s", stage, error, extra=self._log(row_id=row.row_id, attempt=attempts)
+        )
+        if stage == "reply" or not self._settings.error_reply:
+            return
+        text = self._settings.error_reply_template.replace("{error}", error)
+        try:
+            await workflow.execute_activity_method(
+                PlatformActivities.reply,
+                ReplyInput(target=self._target, row=row, parts=[TextPart(text=text)], is_error=True),
+                start_to_close_timeout=timedelta(seconds=60),
+                schedule_to_close_timeout=ERROR_REPLY_TIMEOUT,
+                retry_policy=PLATFORM_RETRY,
+            )
+        except ActivityError as err:
+            workflow.logger.warning("error reply failed: %s", _failure(err)[1], extra=self._log(row_id=row.row_id))
+
+    # --- queries ---------------------------------------------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> StatusResult:
+        """Phase, cursors, lanes, in-flight messages, dead letters and counters. A query: read-only, no history."""
+        state = self._state
+        reasons = [f"{duty}: {reason}" for duty, reason in self._blocked.items()]
+        if self._gone:
+            reasons.insert(0, f"workspace gone: {self._gone}")
+        return StatusResult(
+            workspace_id=self._target.workspace_id,
+            platform_url=self._target.platform_url,
+            backend=self._input.backend.name,
+            phase=self._phase,
+            blocked_reason="; ".join(reasons) or None,
+            commit_cursor=state.commit_cursor,
+            fetch_cursor=state.fetch_cursor,
+            pending=len(state.pending),
+            lanes={lane: len(queue) for lane, queue in state.lane_queues().items()},
+            in_flight=list(self._in_flight.values()),
+            dead_letters=[
+                DeadLetterSummary(
+                    row_id=d.row.row_id,
+                    message_id=d.row.message.message_id if d.row.message else None,
+                    lane=d.lane,
+                    source_id=d.row.source_id,
+                    stage=d.stage,
+                    error=d.error,
+                    attempts=d.attempts,
+                    first_failed_at=d.first_failed_at,
+                    dead_lettered_at=d.dead_lettered_at,
+                )
+                for d in state.dead_letters
+            ],
+            dead_letters_evicted=state.dead_letters_evicted,
+            counters=state.counters.model_dump(),
+            heartbeat=self._heartbeat,
+            last_delivery_at=state.last_delivery_at,
+            last_error=state.last_error,
+            settings=self._settings,
+        )
+
+
+__all__ = ["ConnectWorkflow", "ConnectState", "PolledRow"]

@@ -1,0 +1,160 @@
+"""Input and result models of ``ConnectWorkflow`` and its handlers.
+
+``ConnectInput`` parses from the plain JSON typed at ``temporal workflow start``: only ``workspace_id`` and
+``platform_url`` are required. It never holds a secret (the worker resolves tokens by workspace id).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from activities.messages import BackendSpec, ColdStart, RowPointer
+from workflows.state import ConnectState
+
+Phase = Literal["registering", "connected", "paused", "blocked", "gone", "draining", "stopped"]
+"""Connector phase shown by ``status`` (DESIGN.md §2)."""
+
+
+class Model(BaseModel):
+    """Base of handler models: frozen, strict about unknown fields (a typo is an error, not a silent default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ConnectSettings(Model):
+    """Tuning of one connector. Every field has a default; durations are seconds (``_s``)."""
+
+    start_from: ColdStart = "latest"
+    """Cold start: ``latest`` delivers nothing old; ``backlog`` delivers the newest ``backlog_limit`` rows first."""
+    backlog_limit: int = Field(default=100, ge=1, le=500)
+    """Rows a ``backlog`` cold start delivers."""
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """Seconds between inbox reads while the inbox is empty (inside one long-poll activity)."""
+    poll_max_wait_s: float = Field(default=600.0, ge=5, le=3600)
+    """Seconds one long-poll activity waits for rows before returning empty (history cost: ~6 events per return)."""
+    poll_limit: int = Field(default=100, ge=1, le=500)
+    """Rows per inbox read."""
+    heartbeat_interval_s: float = Field(default=30.0, gt=0, le=60)
+    """Seconds between platform heartbeats (the platform marks a workspace stale after 90 s)."""
+    heartbeat_run_for_s: float = Field(default=3600.0, ge=10)
+    """How long one heartbeat activity runs before it returns and is restarted."""
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    """Conversations (lanes) dispatched in parallel."""
+    max_pending: int = Field(default=200, ge=1, le=5000)
+    """Fetched, unsettled messages at most; polling pauses when reached (backpressure)."""
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    """Dispatch attempts before a message is dead-lettered."""
+    dispatch_timeout_s: float = Field(default=900.0, gt=0)
+    """Start-to-close timeout of one dispatch attempt."""
+    dispatch_heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    """A dispatch whose worker stops heartbeating for this long is retried elsewhere (crash recovery time)."""
+    reply_timeout_s: float = Field(default=3600.0, gt=0)
+    """Total time to get one reply accepted (transient failures retried) before it is dead-lettered."""
+    blocked_retry_s: float = Field(default=180.0, gt=0)
+    """Seconds between retries of a duty blocked by an auth failure or a misconfigured backend."""
+    gone_retry_s: float = Field(default=900.0, gt=0)
+    """Seconds between checks while the workspace is gone (404/410 on our own workspace)."""
+    error_reply: bool = True
+    """Tell the sender when its message is dead-lettered."""
+    error_reply_template: str = "Sorry, this message could not be processed: {error}"
+    """Text of the error reply; ``{error}`` is the one-line reason."""
+    max_auto_reply_depth: int = Field(default=4, ge=0)
+    """Messages that are automatic replies deeper than this are settled without dispatch (PROTOCOL.md §7)."""
+
+
+class ConnectInput(Model):
+    """Input of ``ConnectWorkflow`` (DESIGN.md §2). Continue-as-new passes the same model with ``state`` set."""
+
+    workspace_id: str
+    """The workspace to serve."""
+    platform_url: str
+    """Platform base URL, e.g. ``http://127.0.0.1:8080``; a trailing slash is removed."""
+    backend: BackendSpec = Field(default_factory=BackendSpec)
+    """Backend name and options (default: ``echo``)."""
+    settings: ConnectSettings = Field(default_factory=ConnectSettings)
+    state: ConnectState | None = None
+    """Carried state (continue-as-new). ``None`` on a first start."""
+
+    @field_validator("platform_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("platform_url must start with http:// or https://")
+        return value
+
+    @field_validator("workspace_id")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("workspace_id must not be empty")
+        return value.strip()
+
+
+class InFlight(Model):
+    """A message being dispatched or replied to."""
+
+    row_id: str
+    lane: str
+    stage: Literal["dispatch", "reply"]
+    since: datetime
+
+
+class DeadLetterSummary(Model):
+    """One dead letter as ``status`` shows it."""
+
+    row_id: str
+    message_id: str | None
+    lane: str
+    source_id: str | None
+    stage: str
+    error: str
+    attempts: int
+    first_failed_at: datetime
+    dead_lettered_at: datetime
+
+
+class HeartbeatHealth(Model):
+    """The heartbeat duty, as last reported."""
+
+    running: bool
+    last_result_at: datetime | None = None
+    beats: int = 0
+    failures: int = 0
+
+
+class StatusResult(Model):
+    """Answer of the ``status`` query."""
+
+    workspace_id: str
+    platform_url: str
+    backend: str
+    phase: Phase
+    blocked_reason: str | None = None
+    """Why the connector is blocked or gone, with what to do."""
+    commit_cursor: RowPointer | None = None
+    fetch_cursor: RowPointer | None = None
+    pending: int
+    """Fetched messages not yet settled (queued and in flight)."""
+    lanes: dict[str, int]
+    """Pending messages per conversation."""
+    in_flight: list[InFlight]
+    dead_letters: list[DeadLetterSummary]
+    dead_letters_evicted: int
+    counters: dict[str, int]
+    heartbeat: HeartbeatHealth
+    last_delivery_at: datetime | None = None
+    last_error: str | None = None
+    settings: ConnectSettings
+
+
+class ConnectResult(Model):
+    """Result of ``ConnectWorkflow`` when it completes (drained)."""
+
+    workspace_id: str
+    phase: Phase
+    commit_cursor: RowPointer | None = None
+    counters: dict[str, int]
