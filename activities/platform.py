@@ -254,7 +254,9 @@ class PlatformActivities:
             activity.heartbeat(beats, failures)
             if time.monotonic() - started >= input.run_for_s:
                 return HeartbeatResult(beats=beats, failures=failures)
-            await asyncio.sleep(input.interval_s if response is not None and response.status_code < 300 else 5.0)
+            # A failed beat is retried sooner (5 s), but never later than the next regular beat would be.
+            ok = response is not None and response.status_code < 300
+            await asyncio.sleep(input.interval_s if ok else min(input.interval_s, 5.0))
 
     # --- poll -------------------------------------------------------------------------------------------------
 
