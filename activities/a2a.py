@@ -212,12 +212,18 @@ def parse_inbound(body: Any) -> ParsedMessage:
     Raises:
         MalformedMessageError: Nothing usable: not an object, no parts anywhere, or no text/file/data part at all.
     """
-    normalized = normalize_request(body) if isinstance(body, dict) and isinstance(body.get("params"), dict) else body
+    normalized = body
+    normalize_error: MalformedMessageError | None = None
+    if isinstance(body, dict) and isinstance(body.get("params"), dict):
+        try:
+            normalized = normalize_request(body)
+        except MalformedMessageError as err:
+            normalize_error = err  # params.parts or top-level parts may still hold the content
     if not isinstance(normalized, dict):
         raise MalformedMessageError("request body is not a JSON object")
     raw_parts = _raw_parts(normalized)
     if raw_parts is None:
-        raise MalformedMessageError("request body has no message parts")
+        raise normalize_error or MalformedMessageError("request body has no message parts")
     parts: list[TextPart | FilePart | DataPart] = []
     unsupported = 0
     for raw in raw_parts:
@@ -276,11 +282,12 @@ def build_reply_request(
     message: dict[str, Any] = {
         "role": "agent",
         "messageId": message_id,
-        "contextId": in_reply_to.context_id,
         "referenceTaskIds": [],
         "parts": [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in parts],
         "metadata": metadata,
     }
+    if in_reply_to.context_id:
+        message["contextId"] = in_reply_to.context_id
     if in_reply_to.task_id:
         message["taskId"] = in_reply_to.task_id
     return {"jsonrpc": "2.0", "id": request_id, "method": "message/send", "params": {"message": message}}

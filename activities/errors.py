@@ -36,7 +36,7 @@ NOT_RETRYABLE = (ErrorType.AUTH, ErrorType.GONE, ErrorType.PERMANENT, ErrorType.
 
 
 def _retry_after(response: httpx.Response) -> timedelta | None:
-    """Seconds from ``Retry-After`` (delta form), or the body's ``retry_after``; ``None`` when absent or bad."""
+    """Seconds from the ``Retry-After`` header (delta-seconds form, capped at 1 h); ``None`` when absent or bad."""
     value = response.headers.get("retry-after")
     if value is None:
         return None

@@ -44,7 +44,8 @@ MAX_BATCH_BYTES = 768 * 1024
 """A poll result stays under this many body bytes, well inside Temporal's 2 MiB payload limit (rest: next poll)."""
 
 TokenLookup = Callable[[str], str]
-"""``workspace_id -> token``; raises ``LookupError`` (e.g. ``worker.secrets.MissingTokenError``) when unknown."""
+"""``workspace_id -> token``; raises ``LookupError`` or ``ValueError`` (``worker.secrets.TokenError``) when it cannot
+answer, with a message that holds no secret."""
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -151,7 +152,7 @@ class PlatformActivities:
         """Auth and tenant headers for one request (PROTOCOL.md §2); raises ``Auth`` when no token is known."""
         try:
             token = self._token_for(target.workspace_id)
-        except LookupError as err:
+        except (LookupError, ValueError) as err:
             raise ApplicationError(str(err), type=ErrorType.AUTH, non_retryable=True) from None
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Origin": target.platform_url}
         if body:
@@ -205,7 +206,11 @@ class PlatformActivities:
         response = await self._request("register", "POST", input.target, "/registry/register", json_body=body)
         if response.status_code >= 300:
             raise classify_response("register", response)
-        data = response.json() if response.content else {}
+        try:
+            data = orjson.loads(response.content or b"{}")
+        except orjson.JSONDecodeError:
+            data = {}
+        data = data if isinstance(data, dict) else {}
         activity.logger.info("registered", extra={"workspace_id": input.target.workspace_id})
         return RegisterResult(delivery_mode=str(data.get("delivery_mode", "poll")))
 

@@ -430,6 +430,7 @@ class ConnectWorkflow:
             backend=self._input.backend.name,
             phase=self._phase,
             blocked_reason="; ".join(reasons) or None,
+            seeded=state.seeded,
             commit_cursor=state.commit_cursor,
             fetch_cursor=state.fetch_cursor,
             pending=len(state.pending),

@@ -135,6 +135,8 @@ class StatusResult(Model):
     phase: Phase
     blocked_reason: str | None = None
     """Why the connector is blocked or gone, with what to do."""
+    seeded: bool
+    """The cold start is done: from now on every new inbox row is delivered."""
     commit_cursor: RowPointer | None = None
     fetch_cursor: RowPointer | None = None
     pending: int

@@ -1,8 +1,8 @@
 """The backend contract: one inbound message in, reply parts out (DESIGN.md §3).
 
-A backend never sees Temporal: ``activities.dispatch`` heartbeats while ``handle`` runs, and cancels the ``handle``
-task on activity cancellation or worker shutdown (a backend must then stop its work, e.g. kill its process group,
-and re-raise ``asyncio.CancelledError``).
+A backend never sees Temporal: ``activities.dispatch`` heartbeats while ``handle`` runs, and cancels the
+``handle`` task on activity cancellation or worker shutdown (a backend must then stop its work, e.g. kill its
+process group, and re-raise ``asyncio.CancelledError``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class BackendResponse(BaseModel):
 
 
 class BackendError(Exception):
-    """This message failed in the backend (non-zero exit, timeout, bad output). Retried, then dead-lettered."""
+    """The message failed in the backend (non-zero exit, timeout, bad output). Retried, then dead-lettered."""
 
 
 class BackendConfigError(Exception):

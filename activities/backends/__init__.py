@@ -1,0 +1,56 @@
+"""Backends: what answers a message once dispatch has it (DESIGN.md §3).
+
+Modules:
+
+- ``base``: the contract: :class:`Backend`, :class:`BackendRequest`, :class:`BackendResponse`, two errors.
+- ``options``: how a backend declares its ``-o key=value`` options (one pydantic model), and their parsing.
+- ``registry``: built-in backends, plugins from the ``molecule_connect.backends`` entry points, and lookup.
+- ``echo``: replies with the message through a template.
+- ``exec``: runs a command per message, text on stdin and stdout as the reply.
+- ``process_group``: ends a command's whole process group (SIGTERM, grace, SIGKILL).
+
+Contract:
+
+- A backend is built once per (name, options) by :func:`create_backend` and shared by concurrent dispatches;
+  its ``handle(request)`` turns one message into reply parts and ``close()`` runs at worker shutdown.
+- Failures have two classes. :class:`BackendError`: this message failed (non-zero exit, timeout, bad output);
+  it is retried, then dead-lettered. :class:`BackendConfigError`: nothing can succeed (unknown backend, bad
+  option, missing program); the workspace is blocked. Options are validated when the backend is built, so a
+  misconfiguration shows before the first message.
+- A backend never sees Temporal. Dispatch cancels ``handle`` on activity cancellation; the backend stops its
+  work (e.g. kills its process group) and re-raises :class:`asyncio.CancelledError`.
+- Options never hold secrets (an option that needs one names an environment variable), and a backend never
+  logs message bodies above DEBUG.
+"""
+
+from activities.backends.base import (
+    Backend,
+    BackendConfigError,
+    BackendError,
+    BackendRequest,
+    BackendResponse,
+)
+from activities.backends.options import OptionInfo
+from activities.backends.registry import (
+    BUILTIN_BACKENDS,
+    ENTRY_POINT_GROUP,
+    BackendFactory,
+    BackendInfo,
+    available_backends,
+    create_backend,
+)
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "BackendConfigError",
+    "BackendError",
+    "BackendFactory",
+    "BackendInfo",
+    "BackendRequest",
+    "BackendResponse",
+    "OptionInfo",
+    "available_backends",
+    "create_backend",
+]

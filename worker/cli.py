@@ -1,0 +1,339 @@
+"""The ``molecule-connect`` command line (Typer).
+
+Commands: ``run`` (worker + ensured connector), ``worker``, ``start``, ``status``, ``dev-platform`` (with
+``create-workspace``) and ``demo``. Every user error prints one line on stderr that says what to do, and exits 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import click
+import orjson
+import typer
+from pydantic import ValidationError
+
+from activities.backends import create_backend
+from activities.backends.base import BackendConfigError
+from activities.messages import BackendSpec, ColdStart
+from worker.control import ConnectorError, connector_status, start_connector
+from worker.secrets import TokenError, TokenStore
+from worker.settings import TASK_QUEUE, workflow_id
+from worker.temporal import TemporalConnectError, connect_client
+from workflows.messages import ConnectInput, ConnectSettings, StatusResult
+
+USER_ERROR_EXIT = 2
+
+
+class UsageProblem(Exception):
+    """A mistake in what the user typed; the message is one line of advice."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UsageProblem,
+    TokenError,
+    TemporalConnectError,
+    ConnectorError,
+    BackendConfigError,
+)
+
+app = typer.Typer(
+    name="molecule-connect",
+    help="Attach external agents to Molecule workspaces in poll mode, durably, on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+TaskQueueOption = Annotated[
+    str, typer.Option("--task-queue", envvar="MOLECULE_TASK_QUEUE", help="Temporal task queue of the connectors.")
+]
+PlatformUrlOption = Annotated[
+    str | None,
+    typer.Option("--platform-url", envvar="MOLECULE_API_URL", help="Platform base URL (default: $MOLECULE_API_URL)."),
+]
+BackendOption = Annotated[str, typer.Option("--backend", "-b", help="Backend name: echo, exec, ...")]
+BackendOptions = Annotated[
+    list[str] | None, typer.Option("--option", "-o", help="Backend option KEY=VALUE (repeatable), e.g. -o cmd='tr a-z A-Z'.")
+]
+StartFromOption = Annotated[
+    str, typer.Option("--start-from", help="Cold start: 'latest' (deliver nothing old) or 'backlog' (oldest first).")
+]
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"molecule-connect: {message}", file=sys.stderr)
+    raise SystemExit(USER_ERROR_EXIT)
+
+
+def _first_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"invalid {where or 'value'}: {first.get('msg', 'invalid')}"
+
+
+def _parse_options(pairs: list[str] | None) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageProblem(f"option {pair!r} is not KEY=VALUE: write e.g. -o cmd='tr a-z A-Z'")
+        options[key.strip()] = value
+    return options
+
+
+def _connect_input(
+    workspace_id: str, platform_url: str | None, backend: str, options: list[str] | None, start_from: str
+) -> ConnectInput:
+    if not platform_url:
+        raise UsageProblem("no platform URL: pass --platform-url URL or set MOLECULE_API_URL")
+    if start_from not in ("latest", "backlog"):
+        raise UsageProblem(f"--start-from must be 'latest' or 'backlog', not {start_from!r}")
+    spec = BackendSpec(name=backend, options=_parse_options(options))
+    _check_backend(spec)
+    start: ColdStart = "latest" if start_from == "latest" else "backlog"
+    return ConnectInput(
+        workspace_id=workspace_id,
+        platform_url=platform_url,
+        backend=spec,
+        settings=ConnectSettings(start_from=start),
+    )
+
+
+def _check_backend(spec: BackendSpec) -> None:
+    """Build the backend once, so a misconfiguration fails here rather than in every dispatch."""
+    backend = create_backend(spec.name, spec.options)
+    with contextlib.suppress(Exception):
+        asyncio.run(backend.close())
+
+
+def _tokens_for(workspace_id: str | None) -> TokenStore:
+    tokens = TokenStore.from_env()
+    tokens.validate()
+    if workspace_id is not None:
+        tokens.token_for(workspace_id)
+    return tokens
+
+
+def _run_async(main: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(main())
+
+
+async def _until_signalled(what: str) -> None:
+    """Wait for SIGINT/SIGTERM; tell the user how stopping behaves."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"{what}; press Ctrl-C to stop the worker (connectors keep their state in Temporal)", file=sys.stderr)
+    await stop.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    print("stopping worker...", file=sys.stderr)
+
+
+def _print_ui(ui_url: str | None) -> None:
+    if ui_url:
+        print(f"Temporal Web UI: {ui_url}", file=sys.stderr)
+
+
+# --- commands ----------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    workspace_id: Annotated[str, typer.Argument(help="The workspace to connect.")],
+    platform_url: PlatformUrlOption = None,
+    backend: BackendOption = "echo",
+    option: BackendOptions = None,
+    start_from: StartFromOption = "latest",
+    task_queue: TaskQueueOption = TASK_QUEUE,
+) -> None:
+    """Run a worker and ensure the workspace's connector workflow; Ctrl-C stops the worker only.
+
+    The token comes from $MOLECULE_WORKSPACE_TOKEN or $MOLECULE_TOKENS_FILE, never from the command line.
+    """
+    input = _connect_input(workspace_id, platform_url, backend, option, start_from)
+    tokens = _tokens_for(workspace_id)
+
+    async def main() -> None:
+        from worker.assemble import running_worker
+
+        connected = await connect_client()
+        _print_ui(connected.ui_url)
+        async with running_worker(connected.client, task_queue=task_queue, token_for=tokens.token_for,
+                                  org_id=os.environ.get("MOLECULE_ORG_ID") or None):
+            handle = await start_connector(connected.client, input, task_queue=task_queue)
+            await _until_signalled(f"connector {handle.id} running on task queue {task_queue}")
+
+    _run_async(main)
+
+
+@app.command()
+def worker(task_queue: TaskQueueOption = TASK_QUEUE) -> None:
+    """Run a worker only: it serves every connector on the task queue (fleets run many of these)."""
+    tokens = _tokens_for(None)
+
+    async def main() -> None:
+        from worker.assemble import running_worker
+
+        connected = await connect_client()
+        _print_ui(connected.ui_url)
+        async with running_worker(connected.client, task_queue=task_queue, token_for=tokens.token_for,
+                                  org_id=os.environ.get("MOLECULE_ORG_ID") or None):
+            await _until_signalled(f"worker running on task queue {task_queue}")
+
+    _run_async(main)
+
+
+@app.command()
+def start(
+    workspace_id: Annotated[str, typer.Argument(help="The workspace to connect.")],
+    platform_url: PlatformUrlOption = None,
+    backend: BackendOption = "echo",
+    option: BackendOptions = None,
+    start_from: StartFromOption = "latest",
+    task_queue: TaskQueueOption = TASK_QUEUE,
+) -> None:
+    """Start the workspace's connector workflow (idempotent) without running a worker."""
+    input = _connect_input(workspace_id, platform_url, backend, option, start_from)
+
+    async def main() -> None:
+        connected = await connect_client()
+        handle = await start_connector(connected.client, input, task_queue=task_queue)
+        print(handle.id)
+
+    _run_async(main)
+
+
+def format_status(status: StatusResult) -> str:
+    """A human-readable, multi-line rendering of ``status``."""
+    cursor = status.commit_cursor.row_id if status.commit_cursor else "-"
+    lines = [
+        f"workspace   {status.workspace_id}  ({status.platform_url}, backend {status.backend})",
+        f"phase       {status.phase}" + (f" — {status.blocked_reason}" if status.blocked_reason else ""),
+        f"cursor      {cursor}  (pending {status.pending}, in flight {len(status.in_flight)})",
+        "counters    " + ", ".join(f"{k} {v}" for k, v in status.counters.items()),
+        f"heartbeat   {'running' if status.heartbeat.running else 'stopped'}",
+        f"dead        {len(status.dead_letters)} dead letter(s)"
+        + (f", {status.dead_letters_evicted} evicted" if status.dead_letters_evicted else ""),
+    ]
+    if status.lanes:
+        lines.append("lanes       " + ", ".join(f"{lane}: {n}" for lane, n in status.lanes.items()))
+    for letter in status.dead_letters[:10]:
+        lines.append(f"  ✗ row {letter.row_id} [{letter.stage}] {letter.error}")
+    if status.last_error:
+        lines.append(f"last error  {status.last_error}")
+    return "\n".join(lines)
+
+
+@app.command()
+def status(
+    workspace_id: Annotated[str, typer.Argument(help="The workspace whose connector to query.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full status as JSON.")] = False,
+) -> None:
+    """Show a connector's phase, cursor, lanes, in-flight messages and dead letters (the ``status`` query)."""
+
+    async def main() -> None:
+        connected = await connect_client()
+        result = await connector_status(connected.client, workspace_id)
+        if as_json:
+            print(orjson.dumps(result.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(format_status(result))
+
+    _run_async(main)
+
+
+dev_platform_app = typer.Typer(
+    help="Run a local Molecule platform (FastAPI + SQLite) for trying and testing connectors.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(dev_platform_app, name="dev-platform")
+
+
+@dev_platform_app.callback()
+def dev_platform(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    db: Annotated[Path | None, typer.Option(help="SQLite file (default: dev-platform.db in the state dir).")] = None,
+    admin_token: Annotated[str, typer.Option("--admin-token", help="Bearer of the admin API and canvas sender.")] = (
+        "dev-admin"
+    ),
+) -> None:
+    """Serve the local platform (when no subcommand is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from devplatform.server import serve
+    from devplatform.settings import PlatformSettings
+    from worker.settings import state_dir
+
+    db_path = db if db is not None else state_dir() / "dev-platform.db"
+    print(f"dev platform on http://{host}:{port} (db {db_path}, admin token from --admin-token)", file=sys.stderr)
+    serve(PlatformSettings(db_path=db_path, admin_token=admin_token), host=host, port=port)
+
+
+@dev_platform_app.command("create-workspace")
+def create_workspace(
+    platform_url: Annotated[
+        str, typer.Option("--platform-url", envvar="MOLECULE_API_URL", help="The dev platform's URL.")
+    ] = "http://127.0.0.1:8080",
+    name: Annotated[str, typer.Option(help="Workspace name.")] = "external-agent",
+    admin_token: Annotated[str, typer.Option("--admin-token", help="The dev platform's admin token.")] = "dev-admin",
+) -> None:
+    """Create an external (poll-mode) workspace and print {"id": ..., "token": ...} as JSON."""
+    import httpx
+
+    from devplatform.client import PlatformAdmin
+
+    try:
+        with PlatformAdmin(platform_url, admin_token=admin_token) as admin:
+            created = admin.create_workspace(name)
+    except httpx.HTTPError as err:
+        raise UsageProblem(f"cannot create a workspace at {platform_url}: {err}; is `dev-platform` running?") from None
+    print(orjson.dumps({"id": created.id, "token": created.token}).decode())
+
+
+@app.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 110.0,
+) -> None:
+    """Run the whole thing locally: embedded Temporal, a dev platform, a worker and a connected echo workspace."""
+    from worker.demo import run_demo
+
+    asyncio.run(run_demo(timeout_s=timeout))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as err:
+        raise SystemExit(err.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except click.UsageError as err:
+        hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx else " (see --help)"
+        _fail(err.format_message().replace("\n", " ") + hint)
+    except click.ClickException as err:
+        _fail(err.format_message().replace("\n", " "))
+    except ValidationError as err:
+        _fail(_first_validation_error(err))
+    except USER_ERRORS as err:
+        _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
