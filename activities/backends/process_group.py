@@ -77,8 +77,8 @@ async def terminate_group(process: asyncio.subprocess.Process, grace: timedelta)
     """End a child's whole process group: SIGTERM, up to ``grace`` to exit, then SIGKILL; then reap the child.
 
     Safe to call when the group has already exited. If the caller is cancelled during the grace period, the
-    group is still sent SIGKILL before the cancellation propagates. Output left in the child's stdout and stderr
-    is discarded, so nothing may be reading them any more.
+    group is still sent SIGKILL before the cancellation propagates. Output left in the child's stdout and
+    stderr is discarded, so nothing may be reading them any more.
 
     Args:
         process: A child spawned with ``start_new_session=True`` (its pid is the group id).

@@ -1,0 +1,270 @@
+"""The exec backend: stdin/stdout, environment, failures, process-group kills on timeout and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from activities.a2a import A2AMessage, TextPart
+from activities.backends import exec as exec_backend
+from activities.backends.base import BackendConfigError, BackendError, BackendRequest
+from activities.backends.exec import ExecBackend, ExecFailedError, metadata_env
+
+
+def _request(text: str = "hello", *, source_id: str | None = "ws-peer", attempt: int = 1) -> BackendRequest:
+    return BackendRequest(
+        workspace_id="ws-1",
+        row_id="row-7",
+        source_id=source_id,
+        lane="ctx-1",
+        message=A2AMessage(message_id="msg-1", context_id="ctx-1", parts=[TextPart(text=text)]),
+        text=text,
+        attempt=attempt,
+    )
+
+
+async def _reply(backend: ExecBackend, text: str = "hello", **fields) -> str:
+    response = await backend.handle(_request(text, **fields))
+    assert len(response.parts) == 1
+    part = response.parts[0]
+    assert isinstance(part, TextPart)
+    return part.text
+
+
+async def _wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process exists and has not exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def _pids(directory: Path) -> list[int]:
+    return [int((directory / name).read_text()) for name in ("shell.pid", "grandchild.pid")]
+
+
+# The shell records its own pid and its background child's (atomically, via mv), then waits on a second sleep.
+_TREE = (
+    "sh -c 'echo $$ > shell.tmp && mv shell.tmp shell.pid; "
+    "sleep 30 & echo $! > gc.tmp && mv gc.tmp grandchild.pid; sleep 30'"
+)
+
+
+async def test_exec_tr_uppercases_message():
+    assert await _reply(ExecBackend({"cmd": "tr a-z A-Z"}), "hello world") == "HELLO WORLD"
+
+
+async def test_exec_utf8_text_round_trips_through_stdin_and_stdout():
+    text = "héllo ✓ 日本語 🚀"
+
+    assert await _reply(ExecBackend({"cmd": "cat"}), text) == text
+
+
+async def test_exec_large_input_and_output_do_not_deadlock():
+    """1 MiB each way: stdin is fed while stdout is read, so neither pipe buffer fills up."""
+    text = "x" * (1024 * 1024)
+
+    assert await _reply(ExecBackend({"cmd": "cat"}), text) == text
+
+
+async def test_exec_command_ignoring_stdin_still_replies():
+    assert await _reply(ExecBackend({"cmd": "echo ignored"}), "y" * (1024 * 1024)) == "ignored"
+
+
+async def test_exec_only_one_trailing_newline_is_stripped():
+    assert await _reply(ExecBackend({"cmd": r"printf 'a\n\n'"})) == "a\n"
+    assert await _reply(ExecBackend({"cmd": r"printf 'b\r\n'"})) == "b"
+
+
+async def test_exec_no_output_replies_empty_text():
+    assert await _reply(ExecBackend({"cmd": "true"})) == ""
+
+
+async def test_exec_no_shell_message_and_args_not_interpreted():
+    backend = ExecBackend({"cmd": "echo $HOME '*' `id`"})
+
+    assert await _reply(backend) == "$HOME * `id`"
+
+
+async def test_exec_json_stdin_sends_whole_request():
+    request = _request("hi there")
+
+    response = await ExecBackend({"cmd": "cat", "stdin": "json"}).handle(request)
+
+    part = response.parts[0]
+    assert isinstance(part, TextPart)
+    assert json.loads(part.text) == request.model_dump(mode="json")
+
+
+async def test_exec_cwd_runs_command_there(tmp_path: Path):
+    reply = await _reply(ExecBackend({"cmd": "pwd", "cwd": str(tmp_path)}))
+
+    assert Path(reply).resolve() == tmp_path.resolve()
+
+
+async def test_exec_env_adds_molecule_metadata_and_hides_tokens(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MOLECULE_TOKEN", "tok-secret-1")
+    monkeypatch.setenv("MOLECULE_WORKSPACE_TOKEN", "tok-secret-2")
+    monkeypatch.setenv("MOLECULE_TOKENS_FILE", "/run/tok-secret-4.toml")
+    monkeypatch.setenv("MOLECULE_INBOUND_SECRET", "tok-secret-3")
+    monkeypatch.setenv("AGENT_SETTING", "kept")
+
+    output = await _reply(ExecBackend({"cmd": "env"}), source_id=None, attempt=3)
+
+    env = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    assert {name: env.get(name) for name in metadata_env(_request())} == {
+        "MOLECULE_WORKSPACE_ID": "ws-1",
+        "MOLECULE_ROW_ID": "row-7",
+        "MOLECULE_SOURCE_ID": "",
+        "MOLECULE_CONTEXT_ID": "ctx-1",
+        "MOLECULE_MESSAGE_ID": "msg-1",
+        "MOLECULE_ATTEMPT": "3",
+    }
+    assert env["AGENT_SETTING"] == "kept"
+    assert "tok-secret" not in output
+    assert not [name for name in metadata_env(_request()) if "TOKEN" in name or "SECRET" in name]
+
+
+async def test_exec_env_false_adds_no_metadata():
+    output = await _reply(ExecBackend({"cmd": "env", "env": "false"}))
+
+    assert "MOLECULE_ROW_ID=" not in output
+
+
+async def test_exec_nonzero_exit_raises_backend_error_with_stderr_tail():
+    script = "i=0; while [ $i -lt 200 ]; do echo noise$i >&2; i=$((i+1)); done; echo boom >&2; exit 3"
+    backend = ExecBackend({"cmd": f"sh -c '{script}'"})
+
+    with pytest.raises(ExecFailedError) as caught:
+        await backend.handle(_request())
+
+    assert isinstance(caught.value, BackendError)
+    assert caught.value.returncode == 3
+    assert caught.value.stderr_tail.endswith("boom")
+    assert len(caught.value.stderr_tail) <= 500
+    assert "noise0" not in str(caught.value)
+    assert str(caught.value).startswith("exec: 'sh' exited with status 3: ")
+
+
+async def test_exec_timeout_kills_whole_process_group(tmp_path: Path):
+    backend = ExecBackend({"cmd": _TREE, "cwd": str(tmp_path), "timeout": "1s"})
+
+    with pytest.raises(BackendError, match=r"^exec: timed out after 1s$"):
+        await backend.handle(_request())
+
+    pids = _pids(tmp_path)
+    assert not [pid for pid in pids if _running(pid)]
+
+
+async def test_exec_cancel_kills_whole_process_group_and_reraises(tmp_path: Path):
+    backend = ExecBackend({"cmd": _TREE, "cwd": str(tmp_path), "timeout": "30s"})
+    task = asyncio.create_task(backend.handle(_request()))
+    await _wait_until(lambda: (tmp_path / "grandchild.pid").exists())
+    pids = _pids(tmp_path)
+    assert all(_running(pid) for pid in pids)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert not [pid for pid in pids if _running(pid)]
+
+
+async def test_exec_group_ignoring_sigterm_is_killed_after_grace(tmp_path: Path):
+    cmd = 'sh -c \'trap "" TERM; ' + _TREE.removeprefix("sh -c '")
+    backend = ExecBackend({"cmd": cmd, "cwd": str(tmp_path), "timeout": "500ms", "grace": "200ms"})
+
+    with pytest.raises(BackendError, match="timed out"):
+        await backend.handle(_request())
+
+    assert not [pid for pid in _pids(tmp_path) if _running(pid)]
+
+
+async def test_exec_background_leftovers_get_sigterm_after_success():
+    """The reply is the pid of a background job that closed stdout; it must not outlive the message."""
+    backend = ExecBackend({"cmd": "sh -c 'sleep 30 > /dev/null 2>&1 & echo $!'"})
+
+    leftover = int(await _reply(backend))
+
+    await _wait_until(lambda: not _running(leftover))
+
+
+async def test_exec_output_over_cap_raises_backend_error_and_kills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(exec_backend, "MAX_STDOUT_BYTES", 100_000)
+    backend = ExecBackend({"cmd": "sh -c 'echo $$ > shell.pid; exec yes'", "cwd": str(tmp_path)})
+
+    with pytest.raises(BackendError, match="output exceeded 100000 bytes"):
+        await backend.handle(_request())
+
+    assert not _running(int((tmp_path / "shell.pid").read_text()))
+
+
+def test_exec_command_not_on_path_raises_config_error():
+    with pytest.raises(BackendConfigError, match="command 'no-such-program-xyz' not found on PATH"):
+        ExecBackend({"cmd": "no-such-program-xyz --flag"})
+
+
+def test_exec_non_executable_file_raises_config_error(tmp_path: Path):
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+
+    with pytest.raises(BackendConfigError, match="is not executable"):
+        ExecBackend({"cmd": str(script)})
+
+
+async def test_exec_program_removed_after_start_raises_config_error(tmp_path: Path):
+    script = tmp_path / "agent.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    backend = ExecBackend({"cmd": "./agent.sh", "cwd": str(tmp_path)})
+    assert await _reply(backend) == "hi"
+    script.unlink()
+
+    with pytest.raises(BackendConfigError, match=r"^exec: cannot run './agent.sh' in .*sh -c"):
+        await backend.handle(_request())
+
+
+def test_exec_unknown_option_raises_config_error():
+    with pytest.raises(
+        BackendConfigError,
+        match=r"^exec: unknown option 'foo' \(known: cmd, timeout, env, cwd, stdin, grace\)$",
+    ):
+        ExecBackend({"cmd": "cat", "foo": "1"})
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, "exec: missing required option 'cmd' (-o cmd=...)"),
+        ({"cmd": "cat", "timeout": "soon"}, "exec: option 'timeout': invalid duration 'soon'"),
+        ({"cmd": "cat", "env": "maybe"}, "exec: option 'env' must be true or false, not 'maybe'"),
+        ({"cmd": "sh -c 'unbalanced"}, "exec: option 'cmd': cannot split command line"),
+        ({"cmd": "   "}, "exec: option 'cmd': empty command line"),
+        ({"cmd": "cat", "cwd": "/no/such/dir"}, "exec: -o cwd='/no/such/dir' is not a directory"),
+    ],
+)
+def test_exec_bad_options_raise_config_error(options: dict[str, str], expected: str):
+    with pytest.raises(BackendConfigError) as caught:
+        ExecBackend(options)
+
+    assert str(caught.value).startswith(expected)
