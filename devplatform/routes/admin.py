@@ -1,0 +1,187 @@
+"""``/admin``: what tests, the demo and benchmarks need beyond the protocol (DESIGN.md §5).
+
+Workspaces (create → id + token, status, token rotation, removal), inbox inspection, pruning (the source of
+cursor ``410``s), an on-demand stale sweep and fault injection. Every route needs the admin token; none is
+rate limited or faulted. Errors use FastAPI's usual ``422`` for invalid bodies; this router is not part of the
+wire contract.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from devplatform.db import Database, hash_token
+from devplatform.deps import DbDep, FaultsDep, SettingsDep, require_admin
+from devplatform.faults import Fault
+from devplatform.records import WorkspaceRecord
+from devplatform.responses import ApiError, OrjsonResponse
+from devplatform.sweeper import sweep_stale
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+class CreateWorkspaceRequest(BaseModel):
+    """Body of ``POST /admin/workspaces``."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1)
+    """Display name."""
+    issue_token: bool = True
+    """``false`` creates a token-less workspace whose first register bootstraps one (``auth_token``)."""
+    delivery_mode: Literal["poll", "push"] = "poll"
+    """Stored delivery mode."""
+
+
+class PruneRequest(BaseModel):
+    """Body of ``POST /admin/prune``; with neither bound, every row in scope is deleted."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    workspace_id: str | None = None
+    """Only this inbox (default: the ``before_row_id`` row's inbox, else all)."""
+    before_row_id: str | None = None
+    """Delete rows strictly older than this row (by ``created_at``, ``seq``)."""
+    older_than_s: float | None = Field(default=None, ge=0)
+    """Delete rows created more than this many seconds ago (``0``: everything so far)."""
+
+
+def _workspace(db: Database, workspace_id: str) -> WorkspaceRecord:
+    record = db.get_workspace(workspace_id)
+    if record is None:
+        raise ApiError(404, "workspace not found")
+    return record
+
+
+@router.post("/workspaces", status_code=201)
+async def create_workspace(body: CreateWorkspaceRequest, db: DbDep) -> OrjsonResponse:
+    """Create an external workspace in ``awaiting_agent`` (PROTOCOL.md §1.1).
+
+    Returns:
+        ``201 {"id", "token"}``; ``token`` is ``null`` when ``issue_token`` is false.
+    """
+    token = secrets.token_urlsafe(32) if body.issue_token else None
+    record = db.create_workspace(
+        body.name, None if token is None else hash_token(token), delivery_mode=body.delivery_mode
+    )
+    return OrjsonResponse({"id": record.id, "token": token}, status_code=201)
+
+
+@router.get("/workspaces/{workspace_id}")
+async def get_workspace(workspace_id: str, db: DbDep) -> OrjsonResponse:
+    """Any workspace's status, removed ones included (``status: "removed"``, ``removed_at``).
+
+    Raises:
+        ApiError: ``404`` for an unknown id.
+    """
+    return OrjsonResponse(_workspace(db, workspace_id).to_json())
+
+
+@router.post("/workspaces/{workspace_id}/token")
+async def rotate_token(workspace_id: str, db: DbDep) -> OrjsonResponse:
+    """Issue a new bearer token; the old one answers ``401 invalid workspace auth token`` from now on.
+
+    Returns:
+        ``{"token": <new token>}``.
+
+    Raises:
+        ApiError: ``404`` for an unknown id.
+    """
+    _workspace(db, workspace_id)
+    token = secrets.token_urlsafe(32)
+    db.set_token_hash(workspace_id, hash_token(token))
+    return OrjsonResponse({"token": token})
+
+
+@router.delete("/workspaces/{workspace_id}")
+async def remove_workspace(workspace_id: str, db: DbDep) -> OrjsonResponse:
+    """Remove a workspace for good (it is never resurrected).
+
+    Afterwards ``GET /workspaces/{id}`` answers ``410``, its own calls ``404`` and sends to it ``410``.
+
+    Returns:
+        ``{"id", "status": "removed", "removed_at"}``.
+
+    Raises:
+        ApiError: ``404`` for an unknown id.
+    """
+    _workspace(db, workspace_id)
+    record = db.remove_workspace(workspace_id)
+    assert record is not None
+    return OrjsonResponse({"id": record.id, "status": record.status, "removed_at": record.removed_at})
+
+
+@router.get("/workspaces/{workspace_id}/rows")
+async def list_rows(workspace_id: str, db: DbDep) -> OrjsonResponse:
+    """Every row of a workspace's inbox, oldest first, with ``message_id`` and ``duplicates`` added.
+
+    Raises:
+        ApiError: ``404`` for an unknown id.
+    """
+    _workspace(db, workspace_id)
+    return OrjsonResponse([row.to_json(admin=True) for row in db.all_rows(workspace_id)])
+
+
+@router.post("/prune")
+async def prune(body: PruneRequest, db: DbDep) -> OrjsonResponse:
+    """Delete rows as retention would, so that cursors to them answer ``410`` (PROTOCOL.md §3.3, §6).
+
+    Returns:
+        ``{"deleted": n}``.
+
+    Raises:
+        ApiError: ``400`` when both bounds are given; ``404`` for an unknown ``before_row_id``.
+    """
+    if body.before_row_id is not None and body.older_than_s is not None:
+        raise ApiError(400, "give before_row_id or older_than_s, not both")
+    before = None
+    workspace_id = body.workspace_id
+    if body.before_row_id is not None:
+        before = db.find_row(body.before_row_id)
+        if before is None or (workspace_id is not None and before.workspace_id != workspace_id):
+            raise ApiError(404, "before_row_id not found")
+        workspace_id = before.workspace_id
+    older_than = None if body.older_than_s is None else db.now() - timedelta(seconds=body.older_than_s)
+    deleted = db.prune(workspace_id=workspace_id, before=before, older_than=older_than)
+    return OrjsonResponse({"deleted": deleted})
+
+
+@router.post("/sweep")
+async def sweep(db: DbDep, settings: SettingsDep) -> OrjsonResponse:
+    """Run the stale sweep now with the configured window, instead of waiting for the next period.
+
+    Returns:
+        ``{"awaiting_agent": [ids that went stale]}``.
+    """
+    return OrjsonResponse({"awaiting_agent": sweep_stale(db, settings.stale_after_s)})
+
+
+@router.get("/faults")
+async def list_faults(faults: FaultsDep) -> OrjsonResponse:
+    """Pending faults, oldest first, each with ``id`` and ``hits``."""
+    return OrjsonResponse(faults.describe())
+
+
+@router.post("/faults", status_code=201)
+async def add_fault(fault: Fault, faults: FaultsDep) -> OrjsonResponse:
+    """Queue a fault for the next ``count`` matching non-admin requests (see :mod:`devplatform.faults`).
+
+    Returns:
+        ``201 {"id": <fault id>}``.
+    """
+    return OrjsonResponse({"id": faults.add(fault)}, status_code=201)
+
+
+@router.delete("/faults")
+async def clear_faults(faults: FaultsDep) -> OrjsonResponse:
+    """Drop every pending fault.
+
+    Returns:
+        ``{"cleared": n}``.
+    """
+    return OrjsonResponse({"cleared": faults.clear()})
