@@ -20,7 +20,13 @@ import orjson
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.a2a import MalformedMessageError, TextPart, build_reply_request, parse_inbound, reply_message_id
+from activities.a2a import (
+    MalformedMessageError,
+    TextPart,
+    build_reply_request,
+    parse_inbound,
+    reply_message_id,
+)
 from activities.errors import ErrorType, classify_response, transport_error
 from activities.messages import (
     HeartbeatInput,
@@ -56,6 +62,23 @@ def _parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+async def _pause(seconds: float) -> bool:
+    """Sleep ``seconds`` inside an activity, waking early when the worker shuts down.
+
+    Returns:
+        ``True`` when the worker is shutting down: long-running duties (poll, heartbeat) then return at once, so a
+        graceful shutdown only waits for dispatches; the workflow schedules the next run on whichever worker is up.
+    """
+    if activity.is_worker_shutdown():
+        return True
+    shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+    try:
+        await asyncio.wait({shutdown}, timeout=seconds)
+    finally:
+        shutdown.cancel()
+    return activity.is_worker_shutdown()
 
 
 def _is_uuid(value: str) -> bool:
@@ -261,7 +284,8 @@ class PlatformActivities:
                 return HeartbeatResult(beats=beats, failures=failures)
             # A failed beat is retried sooner (5 s), but never later than the next regular beat would be.
             ok = response is not None and response.status_code < 300
-            await asyncio.sleep(input.interval_s if ok else min(input.interval_s, 5.0))
+            if await _pause(input.interval_s if ok else min(input.interval_s, 5.0)):
+                return HeartbeatResult(beats=beats, failures=failures)
 
     # --- poll -------------------------------------------------------------------------------------------------
 
@@ -360,9 +384,8 @@ class PlatformActivities:
             activity.heartbeat(polls)
             if result is not None:
                 return self._bounded(result).model_copy(update={"polls": polls})
-            if time.monotonic() + input.poll_interval_s >= deadline:
+            if time.monotonic() + input.poll_interval_s >= deadline or await _pause(input.poll_interval_s):
                 return PollResult(polls=polls)
-            await asyncio.sleep(input.poll_interval_s)
 
     # --- reply ------------------------------------------------------------------------------------------------
 

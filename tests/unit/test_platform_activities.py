@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -316,13 +314,12 @@ async def test_heartbeat_after_503_retries_within_interval(
 ) -> None:
     """A failed beat is retried sooner than a regular one, never later; a 401 then ends the duty."""
     slept: list[float] = []
-    real_sleep = asyncio.sleep
 
-    async def record(delay: float) -> None:
+    async def record(delay: float) -> bool:
         slept.append(delay)
-        await real_sleep(0)
+        return False
 
-    monkeypatch.setattr(platform_module, "asyncio", SimpleNamespace(sleep=record))
+    monkeypatch.setattr(platform_module, "_pause", record)
     platform.then(httpx.Response(503), httpx.Response(200, json={"status": "ok"}), httpx.Response(401))
     err = await raises(
         env.run(platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=interval_s, run_for_s=3600))
