@@ -1,7 +1,8 @@
 """The ``molecule-connect`` command line (Typer).
 
-Commands: ``run`` (worker + ensured connector), ``worker``, ``start``, ``status``, ``dev-platform`` (with
-``create-workspace``) and ``demo``. Every user error prints one line on stderr that says what to do, and exits 2.
+Commands: ``run`` (worker + ensured connector), ``worker``, ``start``, ``status``, the control plane (``pause``,
+``resume``, ``drain``, ``cursor``, ``dead-letters``, ``configure``), ``dev-platform`` (with ``create-workspace``) and
+``demo``. Every user error prints one line on stderr that says what to do, and exits 2.
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
-import click
 import orjson
 import typer
 from pydantic import ValidationError
 
+try:  # recent typer vendors click as typer._click, whose exceptions are not click's classes
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+
 from activities.backends import create_backend
 from activities.backends.base import BackendConfigError
 from activities.messages import BackendSpec, ColdStart
+from worker import control
 from worker.control import ConnectorError, connector_status, start_connector
 from worker.secrets import TokenError, TokenStore
 from worker.settings import TASK_QUEUE, workflow_id
@@ -62,7 +68,8 @@ PlatformUrlOption = Annotated[
 ]
 BackendOption = Annotated[str, typer.Option("--backend", "-b", help="Backend name: echo, exec, ...")]
 BackendOptions = Annotated[
-    list[str] | None, typer.Option("--option", "-o", help="Backend option KEY=VALUE (repeatable), e.g. -o cmd='tr a-z A-Z'.")
+    list[str] | None,
+    typer.Option("--option", "-o", help="Backend option KEY=VALUE (repeatable), e.g. -o cmd='tr a-z A-Z'."),
 ]
 StartFromOption = Annotated[
     str, typer.Option("--start-from", help="Cold start: 'latest' (deliver nothing old) or 'backlog' (oldest first).")
@@ -169,8 +176,12 @@ def run(
 
         connected = await connect_client()
         _print_ui(connected.ui_url)
-        async with running_worker(connected.client, task_queue=task_queue, token_for=tokens.token_for,
-                                  org_id=os.environ.get("MOLECULE_ORG_ID") or None):
+        async with running_worker(
+            connected.client,
+            task_queue=task_queue,
+            token_for=tokens.token_for,
+            org_id=os.environ.get("MOLECULE_ORG_ID") or None,
+        ):
             handle = await start_connector(connected.client, input, task_queue=task_queue)
             await _until_signalled(f"connector {handle.id} running on task queue {task_queue}")
 
@@ -187,8 +198,12 @@ def worker(task_queue: TaskQueueOption = TASK_QUEUE) -> None:
 
         connected = await connect_client()
         _print_ui(connected.ui_url)
-        async with running_worker(connected.client, task_queue=task_queue, token_for=tokens.token_for,
-                                  org_id=os.environ.get("MOLECULE_ORG_ID") or None):
+        async with running_worker(
+            connected.client,
+            task_queue=task_queue,
+            token_for=tokens.token_for,
+            org_id=os.environ.get("MOLECULE_ORG_ID") or None,
+        ):
             await _until_signalled(f"worker running on task queue {task_queue}")
 
     _run_async(main)
@@ -251,6 +266,102 @@ def status(
             print(format_status(result))
 
     _run_async(main)
+
+
+WorkspaceArg = Annotated[str, typer.Argument(help="The workspace whose connector to act on.")]
+
+
+def _print_status_line(result: StatusResult) -> None:
+    print(
+        f"{workflow_id(result.workspace_id)}: phase {result.phase}, pending {result.pending}, "
+        f"in flight {len(result.in_flight)}"
+    )
+
+
+def _control(action: Callable[[Any], Awaitable[Any]], render: Callable[[Any], None] = _print_status_line) -> None:
+    async def main() -> None:
+        connected = await connect_client()
+        render(await action(connected.client))
+
+    _run_async(main)
+
+
+@app.command()
+def pause(workspace_id: WorkspaceArg) -> None:
+    """Stop polling and dispatching; returns once in-flight messages settled (the `pause` update)."""
+    _control(lambda c: control.pause_connector(c, workspace_id))
+
+
+@app.command()
+def resume(workspace_id: WorkspaceArg) -> None:
+    """Resume a paused connector (the `resume` update)."""
+    _control(lambda c: control.resume_connector(c, workspace_id))
+
+
+@app.command()
+def drain(workspace_id: WorkspaceArg) -> None:
+    """Deliver what was fetched, then complete the connector workflow (the `drain` update)."""
+    _control(lambda c: control.drain_connector(c, workspace_id))
+
+
+@app.command()
+def cursor(
+    workspace_id: WorkspaceArg,
+    set_: Annotated[str | None, typer.Option("--set", help="Continue polling after this row id (UUID).")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Skip to the newest row.")] = False,
+) -> None:
+    """Move the inbox cursor (the `set_cursor` update); settled messages are never redelivered."""
+    if (set_ is None) == (not latest):
+        raise UsageProblem("give exactly one of --set ROW_ID or --latest")
+    row_id = "latest" if latest else str(set_)
+    _control(lambda c: control.set_cursor(c, workspace_id, row_id))
+
+
+@app.command("dead-letters")
+def dead_letters(
+    workspace_id: WorkspaceArg,
+    redrive_id: Annotated[
+        str | None, typer.Option("--redrive", help="Redrive the dead letter with this row id.")
+    ] = None,
+    redrive_all: Annotated[bool, typer.Option("--all", help="With no --redrive/--discard id: redrive all.")] = False,
+    discard_id: Annotated[
+        str | None, typer.Option("--discard", help="Forget the dead letter with this row id.")
+    ] = None,
+) -> None:
+    """List dead letters, or redrive / discard them (the `redrive` and `discard` updates)."""
+    if sum(x is not None and x is not False for x in (redrive_id, discard_id, redrive_all or None)) > 1:
+        raise UsageProblem("give one of --redrive ROW_ID, --all or --discard ROW_ID")
+
+    def render_action(result: Any) -> None:
+        print(f"{result.count} dead letter(s): {', '.join(result.row_ids) or '-'}")
+
+    def render_list(result: StatusResult) -> None:
+        if not result.dead_letters:
+            print("no dead letters")
+        for letter in result.dead_letters:
+            print(f"{letter.row_id}  [{letter.stage}, {letter.attempts} attempt(s)]  {letter.lane}  {letter.error}")
+
+    if redrive_id or redrive_all:
+        _control(lambda c: control.redrive(c, workspace_id, redrive_id), render_action)
+    elif discard_id:
+        _control(lambda c: control.discard(c, workspace_id, discard_id), render_action)
+    else:
+        _control(lambda c: connector_status(c, workspace_id), render_list)
+
+
+@app.command()
+def configure(
+    workspace_id: WorkspaceArg,
+    settings: Annotated[list[str], typer.Argument(help="KEY=VALUE settings, e.g. max_concurrency=8.")],
+) -> None:
+    """Change a running connector's settings (the `configure` update); values are JSON or plain strings."""
+    changes: dict[str, object] = {}
+    for key, value in _parse_options(settings).items():
+        try:
+            changes[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            changes[key] = value
+    _control(lambda c: control.configure(c, workspace_id, changes))
 
 
 dev_platform_app = typer.Typer(
@@ -317,15 +428,19 @@ def demo(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as err:
+        # Without standalone mode an Exit (e.g. after --help) is returned as its code instead of raised.
+        code = app(args=argv, standalone_mode=False)
+    except typer.Exit as err:
         raise SystemExit(err.exit_code) from None
-    except click.exceptions.Abort:
+    except typer.Abort:
         raise SystemExit(130) from None
-    except click.UsageError as err:
+    except getattr(click_exceptions, "NoArgsIsHelpError", ()) as err:
+        err.show()
+        raise SystemExit(USER_ERROR_EXIT) from None
+    except click_exceptions.UsageError as err:
         hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx else " (see --help)"
         _fail(err.format_message().replace("\n", " ") + hint)
-    except click.ClickException as err:
+    except click_exceptions.ClickException as err:
         _fail(err.format_message().replace("\n", " "))
     except ValidationError as err:
         _fail(_first_validation_error(err))
@@ -333,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,28 @@ dispatches, lets in-flight ones finish and continues as new with its whole state
 
 Why each handler is what it is:
 - ``status`` is a query: read-only, answered from memory, no history.
+- ``pause``, ``resume``, ``drain``, ``set_cursor``, ``redrive``, ``discard`` and ``configure`` are updates: the caller
+  learns whether the change was accepted and when it holds, and validators reject bad values before anything is
+  written to history.
+- ``pause``, ``resume`` and ``drain`` are also signals, for tools that cannot send updates (fire and forget).
+
+A control change cancels an in-flight long poll and starts a new one (the epoch pattern), so it takes effect at once
+and a stale poll result never overwrites it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from activities.a2a import TextPart
     from activities.dispatch import DispatchActivities
     from activities.errors import ErrorType
@@ -33,15 +43,22 @@ with workflow.unsafe.imports_passed_through():
         RegisterInput,
         ReplyInput,
         ReplyPart,
+        RowPointer,
     )
     from activities.platform import PlatformActivities
+    from worker.settings import SEARCH_ATTRIBUTE_PHASE, SEARCH_ATTRIBUTE_WORKSPACE_ID
     from workflows.messages import (
+        ConfigureInput,
         ConnectInput,
         ConnectResult,
+        ConnectSettings,
+        DeadLetterActionResult,
+        DeadLetterSelection,
         DeadLetterSummary,
         HeartbeatHealth,
         InFlight,
         Phase,
+        SetCursorInput,
         StatusResult,
     )
     from workflows.state import ConnectState, DeadLetter, PendingMessage, lane_of
@@ -92,6 +109,10 @@ class ConnectWorkflow:
         self._stopping = False
         self._crash: BaseException | None = None
         self._heartbeat = HeartbeatHealth(running=False)
+        self._epoch = 0
+        """Bumped by every control change; an in-flight poll of an older epoch is cancelled and its result dropped."""
+        self._draining = False
+        self._published_phase: str | None = None
 
     # --- main loop ----------------------------------------------------------------------------------------------
 
@@ -106,21 +127,29 @@ class ConnectWorkflow:
             Never in normal operation: the workflow continues as new with its state.
         """
         workflow.logger.info("connector starting", extra=self._log())
+        self._publish_phase()
         await self._register()
         heartbeat = asyncio.create_task(self._heartbeat_duty())
         self._start_lanes()
-        while not self._should_continue_as_new():
-            await workflow.wait_condition(
-                lambda: len(self._state.pending) < self._settings.max_pending or self._crash is not None
-            )
+        while not self._draining and not self._should_continue_as_new():
+            await workflow.wait_condition(lambda: self._may_poll() or self._draining or self._crash is not None)
             self._raise_if_crashed()
+            if self._draining:
+                break
             result = await self._poll()
             if result is not None:
                 await self._ingest(result)
             self._raise_if_crashed()
 
-        self._stopping = True
-        await workflow.wait_condition(lambda: not self._running_lanes or self._crash is not None)
+        if self._draining:
+            # Deliver everything already fetched, then complete.
+            self._start_lanes()
+            await workflow.wait_condition(
+                lambda: (not self._state.pending and not self._running_lanes) or self._crash is not None
+            )
+        else:
+            self._stopping = True
+            await workflow.wait_condition(lambda: not self._running_lanes or self._crash is not None)
         self._raise_if_crashed()
         heartbeat.cancel()
         try:
@@ -128,9 +157,37 @@ class ConnectWorkflow:
         except asyncio.CancelledError:
             pass
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._draining:
+            self._publish_phase("stopped")
+            workflow.logger.info("drained; stopping", extra=self._log())
+            return ConnectResult(
+                workspace_id=self._target.workspace_id,
+                phase="stopped",
+                commit_cursor=self._state.commit_cursor,
+                counters=self._state.counters.model_dump(),
+            )
         self._state.counters.continued_as_new += 1
         workflow.logger.info("continuing as new", extra=self._log(pending=len(self._state.pending)))
-        workflow.continue_as_new(self._input.model_copy(update={"state": self._state}))
+        workflow.continue_as_new(self._input.model_copy(update={"state": self._state, "settings": self._settings}))
+
+    def _may_poll(self) -> bool:
+        return not self._state.paused and len(self._state.pending) < self._settings.max_pending
+
+    def _publish_phase(self, phase: str | None = None) -> None:
+        """Show the phase in the Web UI (current details) and in the ``ConnectorPhase`` search attribute.
+
+        The attribute is only written when the workflow was started with ``WorkspaceId`` set, i.e. where the
+        attributes are known to be registered: an unregistered one would fail every workflow task.
+        """
+        phase = phase or self._phase
+        if phase == self._published_phase:
+            return
+        self._published_phase = phase
+        workflow.set_current_details(f"phase: {phase}")
+        if workflow.info().typed_search_attributes.get(SEARCH_ATTRIBUTE_WORKSPACE_ID) is not None:
+            workflow.upsert_search_attributes(
+                TypedSearchAttributes([SearchAttributePair(SEARCH_ATTRIBUTE_PHASE, phase)])
+            )
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
@@ -150,6 +207,10 @@ class ConnectWorkflow:
             return "gone"
         if self._blocked:
             return "blocked"
+        if self._draining:
+            return "draining"
+        if self._state.paused:
+            return "paused"
         if not self._registered:
             return "registering"
         return "connected"
@@ -160,19 +221,23 @@ class ConnectWorkflow:
             workflow.logger.warning("%s blocked: %s", duty, reason, extra=self._log())
         self._blocked[duty] = reason
         self._state.last_error = reason
+        self._publish_phase()
         await workflow.sleep(timedelta(seconds=self._settings.blocked_retry_s))
+        self._publish_phase()
 
     async def _wait_gone(self, reason: str) -> None:
         if self._gone != reason:
             workflow.logger.error("workspace gone: %s", reason, extra=self._log())
         self._gone = reason
         self._state.last_error = reason
+        self._publish_phase()
         await workflow.sleep(timedelta(seconds=self._settings.gone_retry_s))
 
     def _unblock(self, duty: str) -> None:
         if self._blocked.pop(duty, None) is not None:
             workflow.logger.info("%s recovered", duty, extra=self._log())
         self._gone = None
+        self._publish_phase()
 
     # --- register / heartbeat ----------------------------------------------------------------------------------
 
@@ -193,8 +258,8 @@ class ConnectWorkflow:
                 else:
                     await self._wait_blocked("register", message)
                 continue
-            self._unblock("register")
             self._registered = True
+            self._unblock("register")
             workflow.logger.info("registered", extra=self._log())
             return
 
@@ -234,32 +299,44 @@ class ConnectWorkflow:
     # --- poll ------------------------------------------------------------------------------------------------
 
     async def _poll(self) -> PollResult | None:
+        """One long poll; ``None`` when it failed (after waiting out auth/gone) or a control change cancelled it."""
         settings, state = self._settings, self._state
+        epoch = self._epoch
+        handle = workflow.start_activity_method(
+            PlatformActivities.poll,
+            PollInput(
+                target=self._target,
+                cursor=state.fetch_cursor,
+                seeded=state.seeded,
+                start_from="latest" if state.reseed else settings.start_from,
+                backlog_limit=settings.backlog_limit,
+                limit=settings.poll_limit,
+                poll_interval_s=settings.poll_interval_s,
+                max_wait_s=settings.poll_max_wait_s,
+                not_before=state.not_before,
+            ),
+            start_to_close_timeout=timedelta(seconds=settings.poll_max_wait_s + 120),
+            heartbeat_timeout=timedelta(seconds=30 + settings.poll_interval_s),
+            retry_policy=PLATFORM_RETRY,
+        )
+        await workflow.wait_condition(lambda: handle.done() or self._epoch != epoch or self._draining)
+        if not handle.done():
+            handle.cancel()
         try:
-            result = await workflow.execute_activity_method(
-                PlatformActivities.poll,
-                PollInput(
-                    target=self._target,
-                    cursor=state.fetch_cursor,
-                    seeded=state.seeded,
-                    start_from=settings.start_from,
-                    backlog_limit=settings.backlog_limit,
-                    limit=settings.poll_limit,
-                    poll_interval_s=settings.poll_interval_s,
-                    max_wait_s=settings.poll_max_wait_s,
-                    not_before=state.not_before,
-                ),
-                start_to_close_timeout=timedelta(seconds=settings.poll_max_wait_s + 120),
-                heartbeat_timeout=timedelta(seconds=30 + settings.poll_interval_s),
-                retry_policy=PLATFORM_RETRY,
-            )
+            result = await handle
         except ActivityError as err:
+            if self._epoch != epoch or self._draining:
+                return None
             kind, message = _failure(err)
             if kind == ErrorType.GONE:
                 await self._wait_gone(message)
             else:
                 await self._wait_blocked("poll", message)
             return None
+        except asyncio.CancelledError:
+            return None
+        if self._epoch != epoch or self._draining:
+            return None  # fetched under an old cursor or setting: drop it, the next poll re-reads
         self._unblock("poll")
         return result
 
@@ -274,7 +351,7 @@ class ConnectWorkflow:
 
     def _start_lanes(self) -> None:
         """Start a task for each lane with work, in order of its oldest message, up to ``max_concurrency``."""
-        if self._stopping:
+        if self._stopping or (self._state.paused and not self._draining):
             return
         for lane in self._state.lane_queues():
             if len(self._running_lanes) >= self._settings.max_concurrency:
@@ -285,7 +362,7 @@ class ConnectWorkflow:
 
     async def _run_lane(self, lane: str) -> None:
         try:
-            while not self._stopping:
+            while not self._stopping and (self._draining or not self._state.paused):
                 message = self._state.next_in_lane(lane)
                 if message is None:
                     break
@@ -303,7 +380,9 @@ class ConnectWorkflow:
         row = message.row
         if row.auto_reply_depth > self._settings.max_auto_reply_depth:
             workflow.logger.info(
-                "auto-reply depth %d over limit; not dispatched", row.auto_reply_depth, extra=self._log(row_id=row.row_id)
+                "auto-reply depth %d over limit; not dispatched",
+                row.auto_reply_depth,
+                extra=self._log(row_id=row.row_id),
             )
             self._state.record_skip(row.row_id)
             return
@@ -414,6 +493,143 @@ class ConnectWorkflow:
             )
         except ActivityError as err:
             workflow.logger.warning("error reply failed: %s", _failure(err)[1], extra=self._log(row_id=row.row_id))
+
+    # --- control plane ---------------------------------------------------------------------------------------
+
+    def _control_changed(self) -> None:
+        self._epoch += 1
+        self._publish_phase()
+
+    @workflow.update
+    async def pause(self) -> StatusResult:
+        """Stop polling and starting dispatches; return once in-flight ones settle.
+
+        An update, so the caller learns when the pause holds. Survives continue-as-new.
+        """
+        if not self._state.paused:
+            self._state.paused = True
+            workflow.logger.info("paused", extra=self._log())
+            self._control_changed()
+        await workflow.wait_condition(lambda: not self._running_lanes)
+        return self.status()
+
+    @workflow.update
+    def resume(self) -> StatusResult:
+        """Resume polling and dispatching after ``pause``."""
+        if self._state.paused:
+            self._state.paused = False
+            workflow.logger.info("resumed", extra=self._log())
+            self._control_changed()
+            self._start_lanes()
+        return self.status()
+
+    @workflow.update
+    def drain(self) -> StatusResult:
+        """Stop polling, deliver every message already fetched, then complete the workflow (result: its cursor).
+
+        Returns at once with phase ``draining``; wait for the workflow result to know it finished.
+        """
+        if not self._draining:
+            self._draining = True
+            workflow.logger.info("draining", extra=self._log(pending=len(self._state.pending)))
+            self._control_changed()
+            self._start_lanes()
+        return self.status()
+
+    @workflow.update
+    def set_cursor(self, input: SetCursorInput) -> StatusResult:
+        """Continue polling after another row (or ``latest``); cancels the in-flight poll so no stale result lands."""
+        pointer = None if input.row_id == "latest" else RowPointer(row_id=input.row_id)
+        self._state.set_cursor(pointer)
+        workflow.logger.info("cursor set to %s", input.row_id, extra=self._log())
+        self._control_changed()
+        return self.status()
+
+    @set_cursor.validator
+    def validate_set_cursor(self, input: SetCursorInput) -> None:
+        """Reject anything but ``latest`` or a UUID (a non-UUID cursor makes the platform answer 500, §3.3)."""
+        if input.row_id != "latest":
+            try:
+                uuid.UUID(input.row_id)
+            except ValueError:
+                raise ValueError(f"cursor must be a row id (UUID) or 'latest', not {input.row_id!r}") from None
+
+    @workflow.update
+    def redrive(self, input: DeadLetterSelection) -> DeadLetterActionResult:
+        """Put dead letters back at the end of their lanes; each is delivered once more.
+
+        A letter that failed at the reply stage only resends its stored reply, without running the backend again.
+        """
+        letters = self._state.take_dead_letters(input.row_id)
+        self._state.redrive(letters)
+        workflow.logger.info("redrive %d dead letter(s)", len(letters), extra=self._log())
+        self._start_lanes()
+        return DeadLetterActionResult(count=len(letters), row_ids=[d.row.row_id for d in letters])
+
+    @redrive.validator
+    def validate_redrive(self, input: DeadLetterSelection) -> None:
+        """Reject a row id that is not a dead letter."""
+        self._validate_selection(input)
+
+    @workflow.update
+    def discard(self, input: DeadLetterSelection) -> DeadLetterActionResult:
+        """Forget dead letters (their rows stay settled)."""
+        letters = self._state.take_dead_letters(input.row_id)
+        workflow.logger.info("discarded %d dead letter(s)", len(letters), extra=self._log())
+        return DeadLetterActionResult(count=len(letters), row_ids=[d.row.row_id for d in letters])
+
+    @discard.validator
+    def validate_discard(self, input: DeadLetterSelection) -> None:
+        """Reject a row id that is not a dead letter."""
+        self._validate_selection(input)
+
+    def _validate_selection(self, input: DeadLetterSelection) -> None:
+        if input.row_id is not None and all(d.row.row_id != input.row_id for d in self._state.dead_letters):
+            raise ValueError(f"no dead letter with row id {input.row_id}")
+
+    @workflow.update
+    def configure(self, input: ConfigureInput) -> StatusResult:
+        """Change settings (poll interval, concurrency, max attempts, ...); kept through continue-as-new."""
+        self._settings = self._merged_settings(input)
+        workflow.logger.info("configured %s", sorted(input.changes), extra=self._log())
+        self._control_changed()
+        self._start_lanes()
+        return self.status()
+
+    @configure.validator
+    def validate_configure(self, input: ConfigureInput) -> None:
+        """Reject unknown settings and bad values with the first problem, before anything reaches history."""
+        self._merged_settings(input)
+
+    def _merged_settings(self, input: ConfigureInput) -> ConnectSettings:
+        if not input.changes:
+            raise ValueError("nothing to configure: give at least one KEY=VALUE")
+        unknown = sorted(set(input.changes) - set(ConnectSettings.model_fields))
+        if unknown:
+            known = ", ".join(ConnectSettings.model_fields)
+            raise ValueError(f"unknown setting {unknown[0]!r} (known: {known})")
+        try:
+            return ConnectSettings.model_validate({**self._settings.model_dump(), **input.changes})
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ValueError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+    @workflow.signal(name="pause")
+    async def pause_signal(self) -> None:
+        """Signal twin of ``pause`` (returns nothing)."""
+        if not self._state.paused:
+            self._state.paused = True
+            self._control_changed()
+
+    @workflow.signal(name="resume")
+    def resume_signal(self) -> None:
+        """Signal twin of ``resume``."""
+        self.resume()
+
+    @workflow.signal(name="drain")
+    def drain_signal(self) -> None:
+        """Signal twin of ``drain``."""
+        self.drain()
 
     # --- queries ---------------------------------------------------------------------------------------------
 

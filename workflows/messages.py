@@ -160,3 +160,36 @@ class ConnectResult(Model):
     phase: Phase
     commit_cursor: RowPointer | None = None
     counters: dict[str, int]
+
+
+# --- control plane (updates and signals) ----------------------------------------------------------------------------
+
+
+class SetCursorInput(Model):
+    """Input of the ``set_cursor`` update: where polling continues."""
+
+    row_id: str
+    """An activity row id (a UUID), or ``latest`` to skip to the newest row. Settled messages are never redelivered:
+    the dedupe window still drops them after a rewind (PROTOCOL.md §8)."""
+
+
+class DeadLetterSelection(Model):
+    """Input of ``redrive`` and ``discard``: one dead letter by row id, or all of them."""
+
+    row_id: str | None = None
+    """The dead letter's row id; ``None`` selects all."""
+
+
+class DeadLetterActionResult(Model):
+    """Result of ``redrive`` and ``discard``."""
+
+    count: int
+    """How many dead letters were acted on."""
+    row_ids: list[str]
+
+
+class ConfigureInput(Model):
+    """Input of the ``configure`` update: settings to change, by ``ConnectSettings`` field name (JSON values)."""
+
+    changes: dict[str, object]
+    """E.g. ``{"max_concurrency": 8, "poll_interval_s": 2}``; unknown names or bad values reject the update."""

@@ -119,6 +119,10 @@ class ConnectState(StateModel):
     counters: Counters = Field(default_factory=Counters)
     last_delivery_at: datetime | None = None
     last_error: str | None = None
+    paused: bool = False
+    """Paused by an operator (``pause``): no polling, no new dispatches; survives continue-as-new."""
+    reseed: bool = False
+    """``set_cursor latest`` was asked: the next poll seeds at the newest row whatever ``start_from`` says."""
 
     _row_ids: set[str] = PrivateAttr(default_factory=set)
     _message_ids: set[str] = PrivateAttr(default_factory=set)
@@ -158,8 +162,11 @@ class ConnectState(StateModel):
         """
         if result.cold_start_done:
             self.seeded = True
+            self.reseed = False
         if result.seed is not None:
-            self.fetch_cursor = self.commit_cursor = result.seed
+            self.fetch_cursor = result.seed
+            if not self.uncommitted:
+                self.commit_cursor = result.seed
             self._remember(self.recent_row_ids, self._row_ids, result.seed.row_id)
         if result.cursor_reset:
             self.counters.cursor_resets += 1
@@ -215,6 +222,20 @@ class ConnectState(StateModel):
         """Settle a row without dispatch (e.g. the ping-pong guard)."""
         self.counters.skipped += 1
         self.settle(row_id)
+
+    def set_cursor(self, pointer: RowPointer | None) -> None:
+        """Continue polling after ``pointer``, or at the newest row when ``None`` (operator's ``set_cursor``).
+
+        Fetched messages stay queued; the commit cursor only follows once they settle. A rewind redelivers nothing
+        already seen: the dedupe window drops it.
+        """
+        self.fetch_cursor = pointer
+        self.not_before = None
+        self.reseed = pointer is None
+        if pointer is None:
+            self.seeded = False
+        if not self.uncommitted and pointer is not None:
+            self.commit_cursor = pointer
 
     # --- dead letters -----------------------------------------------------------------------------------------
 
