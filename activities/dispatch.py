@@ -109,7 +109,7 @@ class DispatchActivities:
             source_id=input.row.source_id,
             lane=input.lane,
             message=input.row.message,
-            text=input.row.text,
+            text=input.row.message_text,
             attempt=info.attempt,
         )
         beat_every = min((info.heartbeat_timeout or timedelta(seconds=30)).total_seconds() / 3, 10.0)
@@ -133,7 +133,7 @@ class DispatchActivities:
             ) from None
         except BackendError as err:
             activity.logger.warning("backend failed: %s", err, extra=log_extra)
-            raise ApplicationError(f"backend {input.backend.name}: {err}", type=ErrorType.BACKEND_FAILED) from None
+            raise ApplicationError(str(err), type=ErrorType.BACKEND_FAILED) from None
         parts, truncated = truncate_parts(list(response.parts))
         if truncated:
             activity.logger.warning("backend reply truncated", extra=log_extra)

@@ -1,14 +1,17 @@
 """The ``molecule-connect`` command line (Typer).
 
 Commands: ``run`` (worker + ensured connector), ``worker``, ``start``, ``status``, the control plane (``pause``,
-``resume``, ``drain``, ``cursor``, ``dead-letters``, ``configure``), ``dev-platform`` (with ``create-workspace``) and
-``demo``. Every user error prints one line on stderr that says what to do, and exits 2.
+``resume``, ``drain``, ``cursor``, ``dead-letters``, ``configure``), replay debugging (``replay``, ``history export``),
+``dev-platform`` (with ``create-workspace``) and ``demo``.
+
+Every user error prints one line on stderr that says what to do, and exits 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -364,6 +367,72 @@ def configure(
     _control(lambda c: control.configure(c, workspace_id, changes))
 
 
+@app.command("replay")
+def replay_command(
+    workflow_id_: Annotated[
+        str | None, typer.Option("--workflow-id", help="Replay this workflow's history from the server.")
+    ] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="A specific run (default: the latest).")] = None,
+    history: Annotated[list[Path] | None, typer.Option("--history", help="History JSON file(s) (repeatable).")] = None,
+) -> None:
+    """Replay histories against the current workflow code; report OK or the first nondeterminism (exit 1)."""
+    from worker.replay import fetch_history, load_history, replay
+
+    if (workflow_id_ is None) == (not history):
+        raise UsageProblem("give --workflow-id ID or one or more --history FILE")
+    if run_id and not workflow_id_:
+        raise UsageProblem("--run-id needs --workflow-id")
+
+    async def main() -> int:
+        if workflow_id_ is not None:
+            connected = await connect_client()
+            loaded = [(f"{workflow_id_}", await fetch_history(connected.client, workflow_id_, run_id))]
+        else:
+            try:
+                loaded = [(str(path), load_history(path)) for path in history or []]
+            except ValueError as err:
+                raise UsageProblem(str(err)) from None
+        failed = 0
+        for outcome in await replay(loaded):
+            if outcome.ok:
+                print(f"OK    {outcome.source}")
+            else:
+                failed += 1
+                at = f" (event {outcome.event_id})" if outcome.event_id is not None else ""
+                print(f"FAIL  {outcome.source}{at}: {outcome.error}")
+        return failed
+
+    if asyncio.run(main()):
+        raise SystemExit(1)
+
+
+history_app = typer.Typer(help="Workflow histories: export for replay debugging.", no_args_is_help=True)
+app.add_typer(history_app, name="history")
+
+
+@history_app.command("export")
+def history_export(
+    workflow_id_: Annotated[str, typer.Option("--workflow-id", help="The workflow, e.g. connect-<workspace id>.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON.")],
+    run_id: Annotated[str | None, typer.Option("--run-id", help="A specific run (default: the latest).")] = None,
+) -> None:
+    """Write a workflow's full history as JSON (the format of `temporal workflow show --output json`)."""
+    from temporalio.service import RPCError
+
+    from worker.replay import fetch_history, history_json
+
+    async def main() -> None:
+        connected = await connect_client()
+        try:
+            history = await fetch_history(connected.client, workflow_id_, run_id)
+        except RPCError as err:
+            raise UsageProblem(f"cannot export {workflow_id_}: {err.message}") from None
+        output.write_bytes(history_json(history))
+        print(f"wrote {len(history.events)} events of {workflow_id_} to {output}", file=sys.stderr)
+
+    _run_async(main)
+
+
 dev_platform_app = typer.Typer(
     help="Run a local Molecule platform (FastAPI + SQLite) for trying and testing connectors.",
     invoke_without_command=True,
@@ -426,7 +495,29 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
+    """Console-script entry point: run the app, turning user errors into one line and exit code 2.
+
+    As the process entry point (``argv`` None) it ends the process with ``os._exit``: the Temporal SDK's Rust
+    threads can abort interpreter shutdown ("Fatal Python error: PyGILState_Release", temporalio/sdk-python#300),
+    which would turn exit code 0 or 2 into a SIGABRT. Callers passing ``argv`` (tests) get ``SystemExit`` instead.
+    """
+    if argv is not None:
+        _main(argv)
+        return
+    try:
+        _main(None)
+        code: object = 0
+    except SystemExit as err:
+        code = err.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         # Without standalone mode an Exit (e.g. after --help) is returned as its code instead of raised.
         code = app(args=argv, standalone_mode=False)

@@ -1,0 +1,162 @@
+"""Record the real histories replayed in CI: ``python -m tests.replay.record_histories [OUT_DIR]``.
+
+Each scenario runs ConnectWorkflow on a fresh Temporal dev server against a real devplatform, ends it with
+``drain`` (so the history is complete) and writes ``<scenario>.json`` in the format of
+``temporal workflow show --output json``. Re-record after an intended, patched workflow change; never edit by hand.
+Histories hold workspace ids and message text only: tokens never enter Temporal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.messages import BackendSpec
+from devplatform.client import AsyncPlatformAdmin
+from devplatform.server import RunningPlatform
+from devplatform.settings import PlatformSettings
+from tests.helpers import Harness, new_task_queue, wait_until
+from worker import control
+from worker.devserver import find_temporal_binary
+from worker.replay import history_json
+from worker.settings import SEARCH_ATTRIBUTE_PHASE, SEARCH_ATTRIBUTE_WORKSPACE_ID
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+
+Scenario = Callable[[Harness, Path], Awaitable[str]]
+
+
+async def _replies(h: Harness, peer_id: str, agent_id: str, n: int) -> None:
+    await wait_until(lambda: _count(h, peer_id, agent_id, n), timeout=60, message=f"{n} replies")
+
+
+async def _count(h: Harness, peer_id: str, agent_id: str, n: int) -> bool:
+    return len(await h.replies_to(peer_id, agent_id)) >= n
+
+
+async def _drain(h: Harness, workspace_id: str) -> None:
+    handle = h.client.get_workflow_handle(f"connect-{workspace_id}")
+    await control.drain_connector(h.client, workspace_id)
+    await handle.result()
+
+
+async def plain_delivery(h: Harness, tmp: Path) -> str:
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    await h.start(agent)
+    await h.admin.send_text(agent.id, "hello", sender=peer, context_id="c1")
+    await h.admin.send_text(agent.id, "from the canvas")
+    await _replies(h, peer.id, agent.id, 1)
+    await wait_until(lambda: h.notifications(agent.id), message="notify")
+    await _drain(h, agent.id)
+    return agent.id
+
+
+async def cursor_410_recovery(h: Harness, tmp: Path) -> str:
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    await h.start(agent)
+    await h.admin.send_text(agent.id, "before prune", sender=peer, context_id="c1")
+    await _replies(h, peer.id, agent.id, 1)
+    await h.admin.prune(workspace_id=agent.id)
+    await h.admin.send_text(agent.id, "after prune", sender=peer, context_id="c1")
+    await _replies(h, peer.id, agent.id, 2)
+    await _drain(h, agent.id)
+    return agent.id
+
+
+async def dead_letter_redrive(h: Harness, tmp: Path) -> str:
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    flag = tmp / "backend-fixed"
+    backend = BackendSpec(name="exec", options={"cmd": f"sh -c 'test -f {flag} && cat || exit 3'"})
+    await h.start(agent, backend, max_attempts=2)
+    await h.admin.send_text(agent.id, "poison until fixed", sender=peer, context_id="c1")
+    status = await wait_until(lambda: _dead(h, agent.id), timeout=60, message="dead letter")
+    flag.touch()
+    await control.redrive(h.client, agent.id, status.dead_letters[0].row_id)
+    await _replies(h, peer.id, agent.id, 2)  # the error reply, then the real one
+    await _drain(h, agent.id)
+    return agent.id
+
+
+async def _dead(h: Harness, workspace_id: str):
+    status = await h.status(workspace_id)
+    return status if status.dead_letters else None
+
+
+async def pause_resume(h: Harness, tmp: Path) -> str:
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    await h.start(agent)
+    await control.pause_connector(h.client, agent.id)
+    await h.admin.send_text(agent.id, "sent while paused", sender=peer, context_id="c1")
+    await control.resume_connector(h.client, agent.id)
+    await _replies(h, peer.id, agent.id, 1)
+    await _drain(h, agent.id)
+    return agent.id
+
+
+async def continue_as_new(h: Harness, tmp: Path) -> str:
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    await h.start(agent)
+    for n in range(6):
+        await h.admin.send_text(agent.id, f"message {n}", sender=peer, context_id=f"c{n % 2}")
+    await _replies(h, peer.id, agent.id, 6)
+    status = await h.status(agent.id)
+    assert status.counters["continued_as_new"] >= 1, "expected at least one continue-as-new"
+    return agent.id
+
+
+SCENARIOS: dict[str, tuple[Scenario, list[str]]] = {
+    "plain_delivery": (plain_delivery, []),
+    "cursor_410_recovery": (cursor_410_recovery, []),
+    "dead_letter_redrive": (dead_letter_redrive, []),
+    "pause_resume": (pause_resume, []),
+    "continue_as_new": (continue_as_new, ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"]),
+}
+
+
+async def record(name: str, out_dir: Path) -> Path:
+    scenario, server_args = SCENARIOS[name]
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(find_temporal_binary()),
+        data_converter=pydantic_data_converter,
+        search_attributes=[SEARCH_ATTRIBUTE_WORKSPACE_ID, SEARCH_ATTRIBUTE_PHASE],
+        dev_server_extra_args=server_args,
+        dev_server_log_level="error",
+    )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = PlatformSettings(db_path=Path(tmp) / "platform.db", rate_limit_per_min=0)
+            with RunningPlatform(settings) as platform:
+                async with AsyncPlatformAdmin(platform.url, admin_token=settings.admin_token) as admin:
+                    harness = Harness(client=env.client, task_queue=new_task_queue(), platform=platform, admin=admin)
+                    async with harness.worker():
+                        workspace_id = await scenario(harness, Path(tmp))
+                    # The first run: for continue_as_new it ends with WorkflowExecutionContinuedAsNew.
+                    handle = env.client.get_workflow_handle(f"connect-{workspace_id}")
+                    first_run = (await handle.describe()).raw_description.workflow_execution_info
+                    run_id = first_run.first_run_id or None
+                    history = await env.client.get_workflow_handle(
+                        f"connect-{workspace_id}", run_id=run_id
+                    ).fetch_history()
+    finally:
+        await env.shutdown()
+    path = out_dir / f"{name}.json"
+    path.write_bytes(history_json(history) + b"\n")
+    return path
+
+
+async def main(argv: list[str]) -> None:
+    out_dir = Path(argv[0]) if argv else HISTORIES
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in SCENARIOS:
+        path = await record(name, out_dir)
+        print(f"recorded {path}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
