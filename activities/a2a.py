@@ -297,14 +297,18 @@ REPLY_NAMESPACE = uuid.UUID("6f1d0c2e-8a53-4c1e-9a0b-5d1f3e7c2b41")
 """UUIDv5 namespace of reply ids; changing it would make retried replies look new to the platform."""
 
 
-def reply_message_id(workspace_id: str, row_id: str) -> str:
+def reply_message_id(workspace_id: str, row_id: str, *, error: bool = False) -> str:
     """The deterministic messageId of our reply to one inbound row (PROTOCOL.md §3.4).
+
+    The error reply of a dead letter has its own id: sharing the answer's id would make the platform drop the real
+    answer sent after a redrive as a duplicate of the error reply.
 
     Args:
         workspace_id: Our workspace id.
         row_id: The inbound activity row id.
+        error: The id of the error reply (the message was dead-lettered) rather than of the answer.
 
     Returns:
         A UUIDv5 string, identical on every retry, so the platform stores the reply once.
     """
-    return str(uuid.uuid5(REPLY_NAMESPACE, f"{workspace_id}/{row_id}"))
+    return str(uuid.uuid5(REPLY_NAMESPACE, f"{workspace_id}/{row_id}" + ("/error" if error else "")))

@@ -423,7 +423,7 @@ class PlatformActivities:
                 raise classify_response("reply to canvas", response)
             return ReplyResult(destination="canvas")
 
-        message_id = reply_message_id(target.workspace_id, row.row_id)
+        message_id = reply_message_id(target.workspace_id, row.row_id, error=input.is_error)
         metadata: dict[str, Any] = {"auto_reply": True, "auto_reply_depth": row.auto_reply_depth + 1}
         if input.is_error:
             metadata["error"] = True

@@ -109,6 +109,8 @@ class ConnectWorkflow:
         self._stopping = False
         self._crash: BaseException | None = None
         self._heartbeat = HeartbeatHealth(running=False)
+        self._heartbeat_stopping = False
+        """Set by ``run`` before it cancels the heartbeat duty (drain, continue-as-new)."""
         self._epoch = 0
         """Bumped by every control change; an in-flight poll of an older epoch is cancelled and its result dropped."""
         self._draining = False
@@ -151,6 +153,7 @@ class ConnectWorkflow:
             self._stopping = True
             await workflow.wait_condition(lambda: not self._running_lanes or self._crash is not None)
         self._raise_if_crashed()
+        self._heartbeat_stopping = True
         heartbeat.cancel()
         try:
             await heartbeat
@@ -266,7 +269,7 @@ class ConnectWorkflow:
     async def _heartbeat_duty(self) -> None:
         """Keep one long-running heartbeat activity going; pause it on auth/gone and restart it later."""
         settings = self._settings
-        while True:
+        while not self._heartbeat_stopping:
             self._heartbeat = self._heartbeat.model_copy(update={"running": True})
             try:
                 result = await workflow.execute_activity_method(
@@ -282,6 +285,11 @@ class ConnectWorkflow:
                 )
             except ActivityError as err:
                 self._heartbeat = self._heartbeat.model_copy(update={"running": False})
+                if self._heartbeat_stopping:
+                    # Cancelling the task cancels the activity, which then fails with an ActivityError rather than
+                    # raising CancelledError here: without this the duty would wait "blocked" and start a new one,
+                    # and ``run`` would wait for it forever.
+                    return
                 kind, message = _failure(err)
                 if kind == ErrorType.GONE:
                     await self._wait_gone(message)

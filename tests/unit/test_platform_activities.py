@@ -833,7 +833,7 @@ async def test_reply_to_peer_malformed_row_has_no_context(
     result = await env.run(platform.acts.reply, reply)
     message = platform.body()["params"]["message"]
     assert message["role"] == "agent"
-    assert message["messageId"] == result.message_id == reply_message_id(WS, row_id(1))
+    assert message["messageId"] == result.message_id == reply_message_id(WS, row_id(1), error=True)
     assert "contextId" not in message
     assert message["metadata"] == {
         "activity_id": row_id(1),
