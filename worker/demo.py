@@ -110,14 +110,18 @@ async def _demo(address: str, ui_url: str | None) -> None:
                         if row.get("source_id") and reply.get("method") == "message/send":
                             sent = reply["request_body"]["params"]["message"]
                             if sent.get("metadata", {}).get("in_reply_to") == message.get("messageId"):
-                                print(f"agent  → peer  : {_text_of(sent)}  (role {sent['role']}, "
-                                      f"contextId {sent.get('contextId')})")
+                                print(
+                                    f"agent  → peer  : {_text_of(sent)}  (role {sent['role']}, "
+                                    f"contextId {sent.get('contextId')})"
+                                )
                         elif not row.get("source_id") and reply.get("method") == "notify":
                             print(f"agent  → canvas: {reply['response_body']['result']}  (via /notify)")
                 status = await connector_status(client, agent.id)
-                print(f"\nstatus: phase {status.phase}, replied {status.counters['replied']}, "
-                      f"skipped {status.counters['skipped']} (own notify echo), "
-                      f"cursor {status.commit_cursor.row_id if status.commit_cursor else '-'}")
+                print(
+                    f"\nstatus: phase {status.phase}, replied {status.counters['replied']}, "
+                    f"skipped {status.counters['skipped']} (own notify echo), "
+                    f"cursor {status.commit_cursor.row_id if status.commit_cursor else '-'}"
+                )
             # The worker is stopped first, so no activity completes against a terminated workflow.
             await handle.terminate("demo finished")
     print("demo finished OK")

@@ -329,9 +329,7 @@ async def _start(state_dir: Path, namespace: str, startup_timeout: timedelta) ->
                     f"Temporal dev server could not bind a free port after {attempt} attempts; "
                     f"see {state_dir / LOG_FILE}"
                 ) from None
-            logger.warning(
-                "port taken while starting Temporal dev server; retrying", extra={"attempt": attempt}
-            )
+            logger.warning("port taken while starting Temporal dev server; retrying", extra={"attempt": attempt})
             ports = _Ports(grpc_port=_free_port(), ui_port=_free_port())
             continue
         except BaseException:
@@ -345,9 +343,7 @@ async def _start(state_dir: Path, namespace: str, startup_timeout: timedelta) ->
     raise AssertionError("unreachable")
 
 
-def _spawn(
-    binary: Path, state_dir: Path, ports: _Ports, namespace: str
-) -> tuple[subprocess.Popen[bytes], int]:
+def _spawn(binary: Path, state_dir: Path, ports: _Ports, namespace: str) -> tuple[subprocess.Popen[bytes], int]:
     """Spawn a detached `start-dev`; return it and the log offset where its output begins."""
     args = [
         str(binary),
@@ -413,8 +409,7 @@ async def _wait_ready(
                 raise _PortInUse()
             last_line = _one_line(tail.splitlines()[-1]) if tail else "no output"
             raise EmbeddedServerError(
-                f"Temporal dev server exited with code {returncode} during startup ({last_line}); "
-                f"see {log_path}"
+                f"Temporal dev server exited with code {returncode} during startup ({last_line}); see {log_path}"
             )
         if _tcp_accepts(record.address):
             try:
@@ -457,9 +452,7 @@ async def _ensure_namespace_and_search_attributes(client: Client, namespace: str
         request.workflow_execution_retention_period.FromTimedelta(_NAMESPACE_RETENTION)
         try:
             await client.workflow_service.register_namespace(request, timeout=_PROBE_TIMEOUT)
-            logger.info(
-                "registered namespace on embedded Temporal dev server", extra={"namespace": namespace}
-            )
+            logger.info("registered namespace on embedded Temporal dev server", extra={"namespace": namespace})
         except RPCError as register_exc:
             if register_exc.status != RPCStatusCode.ALREADY_EXISTS:
                 raise
@@ -539,9 +532,7 @@ def _terminate(pid: int, timeout: timedelta) -> None:
         return
     logger.warning("Temporal dev server ignored SIGTERM; killing it", extra={"pid": pid})
     if _signal(pid, signal.SIGKILL) and not _wait_exit(pid, 5.0):
-        raise EmbeddedServerError(
-            f"Temporal dev server pid {pid} survived SIGKILL: stop it by hand (kill -9 {pid})"
-        )
+        raise EmbeddedServerError(f"Temporal dev server pid {pid} survived SIGKILL: stop it by hand (kill -9 {pid})")
 
 
 def _signal(pid: int, sig: signal.Signals) -> bool:
@@ -629,9 +620,7 @@ def _read_model(path: Path, model: type[_M]) -> _M | None:
     except FileNotFoundError:
         return None
     except (OSError, pydantic.ValidationError) as exc:
-        logger.warning(
-            "ignoring unreadable state file", extra={"path": str(path), "error": _one_line(str(exc))}
-        )
+        logger.warning("ignoring unreadable state file", extra={"path": str(path), "error": _one_line(str(exc))})
         return None
 
 

@@ -154,9 +154,7 @@ class TokenStore:
             raise TokenError(f"no platform token configured: set {WORKSPACE_TOKEN_ENV} or {TOKENS_FILE_ENV}")
         if self._tokens_file is not None:
             count = len(self._load())
-            logger.info(
-                "tokens file loaded", extra={"tokens_file": str(self._tokens_file), "workspaces": count}
-            )
+            logger.info("tokens file loaded", extra={"tokens_file": str(self._tokens_file), "workspaces": count})
 
     def _load(self) -> dict[str, str]:
         """Return the file's mapping, re-reading it only when its signature changed.
@@ -170,9 +168,7 @@ class TokenStore:
             if signature != self._signature:
                 self._tokens = _read_tokens_file(path)
                 self._signature = signature
-                logger.debug(
-                    "tokens file read", extra={"tokens_file": str(path), "workspaces": len(self._tokens)}
-                )
+                logger.debug("tokens file read", extra={"tokens_file": str(path), "workspaces": len(self._tokens)})
             return self._tokens
 
 
@@ -187,13 +183,9 @@ def _stat(path: Path) -> _FileSignature:
     except FileNotFoundError:
         raise TokenError(f"tokens file {path} does not exist: create it or fix {TOKENS_FILE_ENV}") from None
     except OSError as exc:
-        raise TokenError(
-            f"tokens file {path} cannot be read ({exc.strerror}): check {TOKENS_FILE_ENV}"
-        ) from None
+        raise TokenError(f"tokens file {path} cannot be read ({exc.strerror}): check {TOKENS_FILE_ENV}") from None
     if not path.is_file():
-        raise TokenError(
-            f"tokens file {path} is not a regular file: point {TOKENS_FILE_ENV} at a .json or .toml file"
-        )
+        raise TokenError(f"tokens file {path} is not a regular file: point {TOKENS_FILE_ENV} at a .json or .toml file")
     # POSIX permission bits only; Windows reports synthetic modes and protects files with ACLs instead.
     if os.name == "posix" and st.st_mode & 0o077:
         raise TokenError(
@@ -218,9 +210,7 @@ def _read_tokens_file(path: Path) -> dict[str, str]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise TokenError(
-            f"tokens file {path} cannot be read ({exc.strerror}): check its permissions"
-        ) from None
+        raise TokenError(f"tokens file {path} cannot be read ({exc.strerror}): check its permissions") from None
     document: Any
     error: str | None = None
     if suffix == ".json":
