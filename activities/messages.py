@@ -134,15 +134,23 @@ class PolledRow(Model):
     reason: str | None = None
     """Why a row is skipped or malformed, one line."""
     message: A2AMessage | None = None
-    """The normalized inbound message (``deliver`` only)."""
+    """The normalized inbound message (``deliver``; a too-large row keeps it without parts, to thread its error
+    reply)."""
     text: str = ""
-    """Text parts joined in order."""
+    """Text parts joined in order; empty when over ``TEXT_COPY_BYTES`` (read :attr:`message_text` instead)."""
     unsupported_parts: int = 0
     """Parts the connector could not represent."""
     body_bytes: int = 0
     """Size of the row's ``request_body`` as JSON, in bytes."""
     auto_reply_depth: int = 0
     """``metadata.auto_reply_depth`` of the inbound message: how many automatic replies led to it (PROTOCOL.md §7)."""
+
+    @property
+    def message_text(self) -> str:
+        """The text for the backend: ``text``, or the text parts of ``message`` when too large to be copied."""
+        if self.text or self.message is None:
+            return self.text
+        return "\n".join(p.text for p in self.message.parts if isinstance(p, TextPart))
 
     @property
     def pointer(self) -> RowPointer:

@@ -48,6 +48,12 @@ RESET_READ_LIMIT = 500
 """Rows re-read (newest first) after a 410 or without a cursor: the platform's maximum ``limit``."""
 MAX_BATCH_BYTES = 768 * 1024
 """A poll result stays under this many body bytes, well inside Temporal's 2 MiB payload limit (rest: next poll)."""
+MAX_MESSAGE_BYTES = 1280 * 1024
+"""A request body over this cannot cross Temporal: with its reply (up to 512 KiB) it would pass the 2 MiB payload
+limit, and a poll result that can never be uploaded wedges the inbox. Such a row is settled as ``malformed`` (too
+large) without its parts, so it is dead-lettered and the sender told."""
+TEXT_COPY_BYTES = 256 * 1024
+"""Text over this is carried once, in ``message.parts``, and not copied into ``PolledRow.text`` as well."""
 
 TokenLookup = Callable[[str], str]
 """``workspace_id -> token``; raises ``LookupError`` or ``ValueError`` (``worker.secrets.TokenError``) when it cannot
@@ -97,7 +103,8 @@ def row_to_polled(row: dict[str, Any]) -> PolledRow:
 
     Returns:
         A ``PolledRow`` whose ``outcome`` is ``deliver`` (with message and text), ``skip`` (notify echo, error row,
-        already answered by push, unknown method, no content) or ``malformed`` (a body that cannot be parsed).
+        already answered by push, unknown method, no content) or ``malformed`` (a body that cannot be parsed, or
+        one over :data:`MAX_MESSAGE_BYTES`).
     """
     row_id = str(row.get("id"))
     method = row.get("method")
@@ -130,12 +137,19 @@ def row_to_polled(row: dict[str, Any]) -> PolledRow:
         parsed = parse_inbound(body)
     except MalformedMessageError as err:
         return PolledRow(**common, outcome="malformed", reason=err.reason)
+    if body_bytes > MAX_MESSAGE_BYTES:
+        return PolledRow(
+            **common,
+            outcome="malformed",
+            reason=f"message too large: {body_bytes} bytes (at most {MAX_MESSAGE_BYTES})",
+            message=parsed.message.model_copy(update={"parts": []}),
+        )
     depth = (parsed.message.metadata or {}).get("auto_reply_depth", 0)
     return PolledRow(
         **common,
         outcome="deliver",
         message=parsed.message,
-        text=parsed.text,
+        text="" if len(parsed.text.encode()) > TEXT_COPY_BYTES else parsed.text,
         unsupported_parts=parsed.unsupported_parts,
         auto_reply_depth=depth if isinstance(depth, int) and depth >= 0 else 0,
     )

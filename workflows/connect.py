@@ -369,18 +369,22 @@ class ConnectWorkflow:
                 self._lane_tasks[lane] = asyncio.create_task(self._run_lane(lane))
 
     async def _run_lane(self, lane: str) -> None:
+        ended = False
         try:
             while not self._stopping and (self._draining or not self._state.paused):
                 message = self._state.next_in_lane(lane)
                 if message is None:
                     break
                 await self._deliver(message)
+            ended = True
         except Exception as err:  # noqa: BLE001 - surfaced by the main loop, see _raise_if_crashed
             self._crash = err
         finally:
             self._running_lanes.discard(lane)
             self._lane_tasks.pop(lane, None)
-            if self._crash is None:
+            # Not when cancelled (eviction from the worker's cache, workflow cancellation): a lane task started
+            # then would outlive the instance ("no running event loop" once it is garbage-collected).
+            if ended:
                 self._start_lanes()
 
     async def _deliver(self, message: PendingMessage) -> None:

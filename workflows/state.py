@@ -24,6 +24,10 @@ DEDUPE_WINDOW = 5000
 """Row ids and message ids remembered after settling: far more than one poll batch (≤ 500) or a 410 re-read."""
 DEAD_LETTER_LIMIT = 200
 """Dead letters kept; older ones are evicted and counted."""
+DEAD_LETTER_BYTES = 512 * 1024
+"""Dead letters kept, in JSON bytes. They are carried through continue-as-new, whose input must stay under Temporal's
+2 MiB payload limit or every workflow task fails; so the oldest are evicted beyond this, even the newest when it alone
+is larger (a large message: its sender was still told)."""
 
 SettleReason = Literal["replied", "skipped", "dead_lettered", "duplicate", "discarded"]
 
@@ -240,12 +244,20 @@ class ConnectState(StateModel):
     # --- dead letters -----------------------------------------------------------------------------------------
 
     def dead_letter(self, letter: DeadLetter) -> None:
-        """Set a message aside and settle its row; evict the oldest letter beyond :data:`DEAD_LETTER_LIMIT`."""
+        """Set a message aside and settle its row; evict the oldest letters beyond the count or byte limit."""
         self.dead_letters = [d for d in self.dead_letters if d.row.row_id != letter.row.row_id]
         self.dead_letters.append(letter)
         if len(self.dead_letters) > DEAD_LETTER_LIMIT:
             self.dead_letters_evicted += len(self.dead_letters) - DEAD_LETTER_LIMIT
             del self.dead_letters[: len(self.dead_letters) - DEAD_LETTER_LIMIT]
+        sizes = [len(d.model_dump_json()) for d in self.dead_letters]
+        evict, total = 0, sum(sizes)
+        while total > DEAD_LETTER_BYTES:
+            total -= sizes[evict]
+            evict += 1
+        if evict:
+            self.dead_letters_evicted += evict
+            del self.dead_letters[:evict]
         self.counters.dead_lettered += 1
         self.last_error = letter.error
         self.settle(letter.row.row_id)

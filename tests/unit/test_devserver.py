@@ -101,6 +101,9 @@ def test_ensure_embedded_server_two_processes_at_once_start_one_server(state_dir
         "from worker.devserver import ensure_embedded_server\n"
         "server = asyncio.run(ensure_embedded_server(Path(sys.argv[1])))\n"
         "sys.stdout.write(json.dumps({'pid': server.pid, 'started_here': server.started_here}))\n"
+        "sys.stdout.flush()\n"
+        # Skip interpreter teardown: the SDK's core runtime can crash there (temporalio/sdk-python#300).
+        "import os; os._exit(0)\n"
     )
     procs = [
         subprocess.Popen(
