@@ -13,6 +13,7 @@ from importlib import metadata
 
 import httpx
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.dispatch import DispatchActivities
@@ -21,6 +22,15 @@ from workflows.connect import ConnectWorkflow
 
 HTTP_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
 """Platform calls: a read over 30 s is a hung platform (long-polling happens in our loop, not the server's)."""
+
+
+def metrics_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
+    """An SDK runtime exporting Prometheus metrics on ``host:port`` (``/metrics``).
+
+    It carries the SDK's own metrics (workflow/activity task latencies, slots, polls) and the connector's
+    ``molecule_connect_*`` counters, pending gauge and delivery latency histogram, labelled by ``workspace_id``.
+    """
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{host}:{port}")))
 
 
 def agent_version() -> str:

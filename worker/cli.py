@@ -16,12 +16,14 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
 from pydantic import ValidationError
+from temporalio.client import Client
 
 try:  # recent typer vendors click as typer._click, whose exceptions are not click's classes
     from typer._click import exceptions as click_exceptions
@@ -73,6 +75,14 @@ BackendOption = Annotated[str, typer.Option("--backend", "-b", help="Backend nam
 BackendOptions = Annotated[
     list[str] | None,
     typer.Option("--option", "-o", help="Backend option KEY=VALUE (repeatable), e.g. -o cmd='tr a-z A-Z'."),
+]
+ShutdownGraceOption = Annotated[
+    float,
+    typer.Option("--shutdown-grace", help="Seconds in-flight dispatches may finish after SIGTERM/SIGINT.", min=0),
+]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option("--metrics-port", help="Serve Prometheus metrics (SDK + connector counters) on this port."),
 ]
 StartFromOption = Annotated[
     str, typer.Option("--start-from", help="Cold start: 'latest' (deliver nothing old) or 'backlog' (oldest first).")
@@ -138,16 +148,48 @@ def _run_async(main: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _until_signalled(what: str) -> None:
-    """Wait for SIGINT/SIGTERM; tell the user how stopping behaves."""
+    """Wait for SIGINT/SIGTERM, then arm a second-signal exit: the first stops gracefully, the second at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"{what}; press Ctrl-C to stop the worker (connectors keep their state in Temporal)", file=sys.stderr)
     await stop.wait()
+
+    def exit_now() -> None:
+        # Nothing is lost: Temporal times out this worker's activities and runs them elsewhere.
+        print("second signal: exiting now", file=sys.stderr)
+        os._exit(130)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)
-    print("stopping worker...", file=sys.stderr)
+        loop.add_signal_handler(sig, exit_now)
+    print("stopping: no new polls; in-flight dispatches may finish (signal again to exit now)...", file=sys.stderr)
+
+
+async def _serve(
+    task_queue: str,
+    tokens: TokenStore,
+    shutdown_grace: float,
+    metrics_port: int | None,
+    started: Callable[[Client], Awaitable[str]],
+) -> None:
+    """Connect, run a worker until signalled, then shut down within ``shutdown_grace`` seconds."""
+    from worker.assemble import metrics_runtime, running_worker
+
+    runtime = metrics_runtime(metrics_port) if metrics_port else None
+    if metrics_port:
+        print(f"Prometheus metrics on http://0.0.0.0:{metrics_port}/metrics", file=sys.stderr)
+    connected = await connect_client(runtime=runtime)
+    _print_ui(connected.ui_url)
+    async with running_worker(
+        connected.client,
+        task_queue=task_queue,
+        token_for=tokens.token_for,
+        org_id=os.environ.get("MOLECULE_ORG_ID") or None,
+        graceful_shutdown=timedelta(seconds=shutdown_grace),
+    ):
+        await _until_signalled(await started(connected.client))
+    print("worker stopped", file=sys.stderr)
 
 
 def _print_ui(ui_url: str | None) -> None:
@@ -166,6 +208,8 @@ def run(
     option: BackendOptions = None,
     start_from: StartFromOption = "latest",
     task_queue: TaskQueueOption = TASK_QUEUE,
+    shutdown_grace: ShutdownGraceOption = 30.0,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run a worker and ensure the workspace's connector workflow; Ctrl-C stops the worker only.
 
@@ -174,42 +218,26 @@ def run(
     input = _connect_input(workspace_id, platform_url, backend, option, start_from)
     tokens = _tokens_for(workspace_id)
 
-    async def main() -> None:
-        from worker.assemble import running_worker
+    async def started(client: Client) -> str:
+        handle = await start_connector(client, input, task_queue=task_queue)
+        return f"connector {handle.id} running on task queue {task_queue}"
 
-        connected = await connect_client()
-        _print_ui(connected.ui_url)
-        async with running_worker(
-            connected.client,
-            task_queue=task_queue,
-            token_for=tokens.token_for,
-            org_id=os.environ.get("MOLECULE_ORG_ID") or None,
-        ):
-            handle = await start_connector(connected.client, input, task_queue=task_queue)
-            await _until_signalled(f"connector {handle.id} running on task queue {task_queue}")
-
-    _run_async(main)
+    _run_async(lambda: _serve(task_queue, tokens, shutdown_grace, metrics_port, started))
 
 
 @app.command()
-def worker(task_queue: TaskQueueOption = TASK_QUEUE) -> None:
+def worker(
+    task_queue: TaskQueueOption = TASK_QUEUE,
+    shutdown_grace: ShutdownGraceOption = 30.0,
+    metrics_port: MetricsPortOption = None,
+) -> None:
     """Run a worker only: it serves every connector on the task queue (fleets run many of these)."""
     tokens = _tokens_for(None)
 
-    async def main() -> None:
-        from worker.assemble import running_worker
+    async def started(client: Client) -> str:
+        return f"worker running on task queue {task_queue}"
 
-        connected = await connect_client()
-        _print_ui(connected.ui_url)
-        async with running_worker(
-            connected.client,
-            task_queue=task_queue,
-            token_for=tokens.token_for,
-            org_id=os.environ.get("MOLECULE_ORG_ID") or None,
-        ):
-            await _until_signalled(f"worker running on task queue {task_queue}")
-
-    _run_async(main)
+    _run_async(lambda: _serve(task_queue, tokens, shutdown_grace, metrics_port, started))
 
 
 @app.command()

@@ -32,6 +32,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from worker import settings
@@ -117,9 +118,7 @@ def is_configured(environ: Mapping[str, str] = os.environ) -> bool:
     Returns:
         True if `TEMPORAL_ADDRESS` or `TEMPORAL_PROFILE` is set or the config file exists.
     """
-    return bool(
-        environ.get("TEMPORAL_ADDRESS") or environ.get("TEMPORAL_PROFILE") or config_file(environ).is_file()
-    )
+    return bool(environ.get("TEMPORAL_ADDRESS") or environ.get("TEMPORAL_PROFILE") or config_file(environ).is_file())
 
 
 async def connect_client(
@@ -128,6 +127,7 @@ async def connect_client(
     state_dir: Path | None = None,
     data_converter: DataConverter = pydantic_data_converter,
     connect_timeout: timedelta = CONNECT_TIMEOUT,
+    runtime: Runtime | None = None,
 ) -> ConnectedClient:
     """Connect to the configured Temporal server, or to the embedded dev server when none is configured.
 
@@ -136,6 +136,7 @@ async def connect_client(
         state_dir: State directory for the embedded server; `settings.state_dir(environ)` when None.
         data_converter: Converter for the client; pydantic models become ordinary JSON payloads by default.
         connect_timeout: Limit for establishing the connection.
+        runtime: SDK runtime, e.g. one exporting Prometheus metrics; the default runtime when None.
 
     Returns:
         The connected client, with the embedded server and Web UI URL when known.
@@ -146,12 +147,15 @@ async def connect_client(
             address and where it came from, and never contains an API key.
     """
     if is_configured(environ):
-        return await _connect_configured(environ, data_converter, connect_timeout)
-    return await _connect_embedded(environ, state_dir, data_converter, connect_timeout)
+        return await _connect_configured(environ, data_converter, connect_timeout, runtime)
+    return await _connect_embedded(environ, state_dir, data_converter, connect_timeout, runtime)
 
 
 async def _connect_configured(
-    environ: Mapping[str, str], data_converter: DataConverter, connect_timeout: timedelta
+    environ: Mapping[str, str],
+    data_converter: DataConverter,
+    connect_timeout: timedelta,
+    runtime: Runtime | None,
 ) -> ConnectedClient:
     path = config_file(environ)
     profile = environ.get("TEMPORAL_PROFILE") or None
@@ -193,6 +197,7 @@ async def _connect_configured(
             namespace=namespace,
             data_converter=data_converter,
             connect_timeout=connect_timeout,
+            runtime=runtime,
             api_key=config.get("api_key"),
             tls=config.get("tls"),
             rpc_metadata=config.get("rpc_metadata") or {},
@@ -209,6 +214,7 @@ async def _connect_embedded(
     state_dir: Path | None,
     data_converter: DataConverter,
     connect_timeout: timedelta,
+    runtime: Runtime | None,
 ) -> ConnectedClient:
     namespace = environ.get("TEMPORAL_NAMESPACE") or "default"
     directory = state_dir if state_dir is not None else settings.state_dir(environ)
@@ -223,6 +229,7 @@ async def _connect_embedded(
             namespace=namespace,
             data_converter=data_converter,
             connect_timeout=connect_timeout,
+            runtime=runtime,
         )
     except (RuntimeError, RPCError, TimeoutError) as exc:
         raise TemporalConnectError(_unreachable_message(server.address, source, exc)) from None
@@ -260,11 +267,7 @@ def _connect_error_reason(exc: BaseException) -> str:
 
 def _config_error_reason(exc: BaseException) -> str:
     """Keep a config error's description and drop the quoted source lines (they may hold an API key)."""
-    lines = [
-        line.strip()
-        for line in str(exc).splitlines()
-        if line.strip() and not re.match(r"^\s*(\d+\s*)?\|", line)
-    ]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not re.match(r"^\s*(\d+\s*)?\|", line)]
     return _one_line("; ".join(lines)) if lines else type(exc).__name__
 
 

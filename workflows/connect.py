@@ -115,6 +115,8 @@ class ConnectWorkflow:
         """Bumped by every control change; an in-flight poll of an older epoch is cancelled and its result dropped."""
         self._draining = False
         self._published_phase: str | None = None
+        self._emitted: dict[str, int] = {}
+        """Counter values already exported as metrics (the durable counters are the source of truth)."""
 
     # --- main loop ----------------------------------------------------------------------------------------------
 
@@ -172,6 +174,22 @@ class ConnectWorkflow:
         self._state.counters.continued_as_new += 1
         workflow.logger.info("continuing as new", extra=self._log(pending=len(self._state.pending)))
         workflow.continue_as_new(self._input.model_copy(update={"state": self._state, "settings": self._settings}))
+
+    def _emit_metrics(self) -> None:
+        """Export counter increases as ``molecule_connect_<counter>`` metrics, per workspace.
+
+        Uses the workflow metric meter, which the SDK silences during replay, so each increase is exported once
+        (DESIGN.md §2; Temporal docs, "Metrics"). Served by the worker's ``--metrics-port``.
+        """
+        meter = workflow.metric_meter().with_additional_attributes({"workspace_id": self._target.workspace_id})
+        for name, value in self._state.counters.model_dump().items():
+            delta = value - self._emitted.get(name, value if name == "continued_as_new" else 0)
+            if delta > 0:
+                meter.create_counter(f"molecule_connect_{name}", f"Connector counter '{name}'.").add(delta)
+            self._emitted[name] = value
+        meter.create_gauge("molecule_connect_pending", "Fetched messages not yet settled.").set(
+            len(self._state.pending)
+        )
 
     def _may_poll(self) -> bool:
         return not self._state.paused and len(self._state.pending) < self._settings.max_pending
@@ -353,6 +371,7 @@ class ConnectWorkflow:
             await self._dead_letter(PendingMessage(row=row, lane=lane_of(row)), reason, stage="parse", attempts=0)
         if result.cursor_reset:
             workflow.logger.warning("cursor was pruned (410); recovered", extra=self._log(rows=len(result.rows)))
+        self._emit_metrics()
         self._start_lanes()
 
     # --- lanes -----------------------------------------------------------------------------------------------
@@ -463,6 +482,15 @@ class ConnectWorkflow:
                 self._in_flight.pop(row.row_id, None)
             self._unblock("reply")
             self._state.record_reply(row.row_id, workflow.now())
+            if row.created_at is not None:
+                workflow.metric_meter().create_histogram_timedelta(
+                    "molecule_connect_delivery_latency",
+                    "Inbox row created_at to reply accepted by the platform.",
+                    "ms",
+                ).with_additional_attributes({"workspace_id": self._target.workspace_id}).record(
+                    max(workflow.now() - row.created_at, timedelta(0))
+                )
+            self._emit_metrics()
             return
 
     async def _dead_letter(
@@ -489,6 +517,7 @@ class ConnectWorkflow:
                 reply_parts=reply_parts,
             )
         )
+        self._emit_metrics()
         workflow.logger.info(
             "message dead-lettered at %s: %s", stage, error, extra=self._log(row_id=row.row_id, attempt=attempts)
         )
