@@ -24,7 +24,7 @@ from devplatform.settings import PlatformSettings
 from worker.assemble import running_worker
 from worker.control import connector_status, start_connector
 from worker.devserver import ensure_embedded_server, stop_embedded_server
-from workflows.messages import ConnectInput, ConnectSettings
+from workflows.messages import ConnectInput, ConnectSettings, StatusResult
 
 
 def _text_of(message: dict[str, Any]) -> str:
@@ -116,7 +116,12 @@ async def _demo(address: str, ui_url: str | None) -> None:
                                 )
                         elif not row.get("source_id") and reply.get("method") == "notify":
                             print(f"agent  → canvas: {reply['response_body']['result']}  (via /notify)")
-                status = await connector_status(client, agent.id)
+                async def echo_skipped() -> StatusResult | None:
+                    # Our /notify reply lands in our own inbox as a `notify` row: it must be skipped, not dispatched.
+                    status = await connector_status(client, agent.id)
+                    return status if status.counters["skipped"] >= 1 else None
+
+                status = await _wait_for(echo_skipped, "notify echo skipped")
                 print(
                     f"\nstatus: phase {status.phase}, replied {status.counters['replied']}, "
                     f"skipped {status.counters['skipped']} (own notify echo), "

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-
-from activities.messages import BackendSpec
-from devplatform.client import text_message
-from tests.helpers import Harness, reply_message, reply_text, wait_until
+from tests.helpers import Harness, reply_message, wait_until
 
 
 async def test_peer_message_v03_reply_lands_in_peer_inbox_as_agent_message(harness: Harness) -> None:
