@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
@@ -76,6 +76,13 @@ PLATFORM_RETRY = RetryPolicy(
 ERROR_REPLY_TIMEOUT = timedelta(minutes=5)
 """Error replies are best effort: a sender we cannot reach for this long is not worth blocking a lane for."""
 
+PATCH_CARRY_BUDGET = "carry-budget-before-continue-as-new"
+PATCH_AUTO_REPLY_RATE_CAP = "auto-reply-rate-cap"
+"""``workflow.patched`` ids: workflows started before these changes replay on the old path."""
+
+CARRY_BUDGET_BYTES = 1024 * 1024
+"""Continue-as-new waits for queued message bodies to fit this, so its input stays under the 2 MiB payload limit."""
+
 HISTORY_LENGTH_LIMIT = 20_000
 """Continue as new past this many events even if the server did not suggest it (the hard limit is 51,200)."""
 
@@ -115,6 +122,8 @@ class ConnectWorkflow:
         """Bumped by every control change; an in-flight poll of an older epoch is cancelled and its result dropped."""
         self._draining = False
         self._published_phase: str | None = None
+        self._auto_replies: dict[str, list[datetime]] = {}
+        """Per lane: when automatic replies were dispatched in the last minute (the ping-pong rate cap)."""
         self._emitted: dict[str, int] = {}
         """Counter values already exported as metrics (the durable counters are the source of truth)."""
 
@@ -152,6 +161,12 @@ class ConnectWorkflow:
                 lambda: (not self._state.pending and not self._running_lanes) or self._crash is not None
             )
         else:
+            # Carried state must fit one payload: keep delivering until the queued bodies fit, then stop the lanes.
+            if workflow.patched(PATCH_CARRY_BUDGET):
+                self._start_lanes()
+                await workflow.wait_condition(
+                    lambda: self._carried_bytes() <= CARRY_BUDGET_BYTES or self._crash is not None
+                )
             self._stopping = True
             await workflow.wait_condition(lambda: not self._running_lanes or self._crash is not None)
         self._raise_if_crashed()
@@ -209,6 +224,26 @@ class ConnectWorkflow:
             workflow.upsert_search_attributes(
                 TypedSearchAttributes([SearchAttributePair(SEARCH_ATTRIBUTE_PHASE, phase)])
             )
+
+    def _carried_bytes(self) -> int:
+        """Approximate size of the queued message bodies continue-as-new would carry."""
+        return sum(p.row.body_bytes for p in self._state.pending)
+
+    def _over_rate_cap(self, message: PendingMessage) -> bool:
+        """Whether this automatic reply exceeds its conversation's cap (PROTOCOL.md §7), recording it if not.
+
+        Only messages marked as automatic replies count: humans and first messages are never capped. The window is
+        kept in memory, so it restarts after continue-as-new (a cap, not an audit).
+        """
+        if message.row.auto_reply_depth < 1:
+            return False
+        now = workflow.now()
+        recent = [t for t in self._auto_replies.get(message.lane, []) if now - t < timedelta(minutes=1)]
+        if len(recent) >= self._settings.max_auto_replies_per_minute:
+            self._auto_replies[message.lane] = recent
+            return True
+        self._auto_replies[message.lane] = [*recent, now]
+        return False
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
@@ -414,6 +449,14 @@ class ConnectWorkflow:
                 "auto-reply depth %d over limit; not dispatched",
                 row.auto_reply_depth,
                 extra=self._log(row_id=row.row_id),
+            )
+            self._state.record_skip(row.row_id)
+            return
+        if workflow.patched(PATCH_AUTO_REPLY_RATE_CAP) and self._over_rate_cap(message):
+            workflow.logger.warning(
+                "conversation over %d automatic replies per minute; not dispatched",
+                self._settings.max_auto_replies_per_minute,
+                extra=self._log(row_id=row.row_id, lane=message.lane),
             )
             self._state.record_skip(row.row_id)
             return

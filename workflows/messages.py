@@ -63,6 +63,9 @@ class ConnectSettings(Model):
     """Text of the error reply; ``{error}`` is the one-line reason."""
     max_auto_reply_depth: int = Field(default=4, ge=0)
     """Messages that are automatic replies deeper than this are settled without dispatch (PROTOCOL.md §7)."""
+    max_auto_replies_per_minute: int = Field(default=10, ge=1)
+    """Automatic replies (``auto_reply_depth`` ≥ 1) dispatched per conversation per minute at most; more are
+    settled without dispatch, so two auto-responders cannot answer each other forever (PROTOCOL.md §7)."""
 
 
 class ConnectInput(Model):
