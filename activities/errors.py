@@ -7,10 +7,12 @@ status and at most 200 characters of the body; never a token.
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 from enum import StrEnum
 
 import httpx
+from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 
@@ -47,6 +49,23 @@ def _retry_after(response: httpx.Response) -> timedelta | None:
     return timedelta(seconds=min(max(seconds, 0.0), 3600.0))
 
 
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 60.0
+JITTER = 0.25
+"""Transient retries without ``Retry-After`` wait ``min(60, 2**(attempt-1))`` s ± 25 %: the schedule of the
+workflow's ``PLATFORM_RETRY`` policy, plus the jitter Temporal's retry policy does not add, so a fleet that failed
+together does not retry in lockstep (PROTOCOL.md §2)."""
+
+
+def jittered_backoff() -> timedelta | None:
+    """The next retry delay for a transient failure inside an activity; ``None`` outside one (server default)."""
+    if not activity.in_activity():
+        return None
+    attempt = max(activity.info().attempt, 1)
+    base = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (attempt - 1))
+    return timedelta(seconds=base * random.uniform(1 - JITTER, 1 + JITTER))
+
+
 def body_excerpt(response: httpx.Response, limit: int = 200) -> str:
     """At most ``limit`` characters of a response body, on one line."""
     try:
@@ -75,7 +94,7 @@ def classify_response(operation: str, response: httpx.Response, *, own_workspace
         return ApplicationError(
             detail,
             type=ErrorType.TRANSIENT,
-            next_retry_delay=_retry_after(response),
+            next_retry_delay=retry_after if (retry_after := _retry_after(response)) is not None else jittered_backoff(),
             category=ApplicationErrorCategory.BENIGN if status in (425, 429) else ApplicationErrorCategory.UNSPECIFIED,
         )
     if status in (401, 403):
@@ -87,4 +106,6 @@ def classify_response(operation: str, response: httpx.Response, *, own_workspace
 
 def transport_error(operation: str, err: httpx.HTTPError) -> ApplicationError:
     """A network failure or timeout as a retryable ``Transient`` error (PROTOCOL.md §2)."""
-    return ApplicationError(f"{operation}: {type(err).__name__}: {err}"[:300], type=ErrorType.TRANSIENT)
+    return ApplicationError(
+        f"{operation}: {type(err).__name__}: {err}"[:300], type=ErrorType.TRANSIENT, next_retry_delay=jittered_backoff()
+    )

@@ -149,3 +149,20 @@ def test_transport_error_is_transient_and_retryable() -> None:
     assert error.type == ErrorType.TRANSIENT
     assert not error.non_retryable
     assert error.message == "heartbeat: ConnectError: connection refused"
+
+
+async def test_transient_without_retry_after_gets_jittered_backoff_by_attempt() -> None:
+    """Inside an activity, attempt n waits about 2**(n-1) s (±25 %), capped at 60 s; Retry-After still wins."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.errors import jittered_backoff
+
+    env = ActivityEnvironment()
+    delays = []
+    for attempt in (1, 3, 10):
+        env.info = env.info.__class__(**{**env.info.__dict__, "attempt": attempt})
+        delays.append(env.run(jittered_backoff).total_seconds())
+    assert 0.75 <= delays[0] <= 1.25
+    assert 3.0 <= delays[1] <= 5.0
+    assert 45.0 <= delays[2] <= 75.0
+    assert jittered_backoff() is None  # outside an activity: Temporal's own schedule
