@@ -6,11 +6,16 @@ Contract (DESIGN.md §3):
   ``$VAR`` expansion, so message text can never be interpreted. For shell syntax, run a shell yourself:
   ``-o cmd="sh -c 'tr a-z A-Z | rev'"``. The program is looked up (``PATH``, or as a path) when the backend
   is created, so a typo blocks the workspace at start rather than failing every message.
-- stdin: the message text in UTF-8, or with ``-o stdin=json`` the whole :class:`BackendRequest` as one JSON
-  object (snake_case fields; ``message`` in A2A camelCase). stdout, decoded as UTF-8 (invalid bytes replaced)
-  minus one trailing newline, is the reply: one text part. Empty output is an empty reply, not an error: the
-  command decided what to say. More than :data:`MAX_STDOUT_BYTES` of output is a :class:`BackendError`, not a
-  truncated reply, so a runaway command is dead-lettered instead of flooding the conversation.
+- stdin: the message text in UTF-8, or with ``-o stdin=json`` (alias ``-o format=json``) the whole
+  :class:`BackendRequest` as one JSON object (snake_case fields; ``message`` in A2A camelCase). stdout, decoded
+  as UTF-8 (invalid bytes replaced) minus one trailing newline, is the reply: one text part. Empty output is an
+  empty reply, not an error: the command decided what to say. More than :data:`MAX_STDOUT_BYTES` of output is a
+  :class:`BackendError`, not a truncated reply, so a runaway command is dead-lettered instead of flooding the
+  conversation.
+- JSON mode (``stdin=json``) also reads stdout that is one JSON object with a ``parts`` list as A2A v0.3 parts
+  (``{"parts": [{"kind": "text", "text": "hi"}, {"kind": "data", "data": {...}}]}``), so a command can reply
+  with files and data; each part is validated (a bad one is a :class:`BackendError`). Any other stdout, JSON
+  or not, is plain text as above.
 - A non-zero exit is an :class:`ExecFailedError` (a :class:`BackendError`) carrying the status and the end of
   stderr; exceeding ``-o timeout`` is ``BackendError("exec: timed out after 60s")``. Dispatch retries both.
 - The command leads its own process group. On timeout, cancellation (re-raised) or any other failure the
@@ -29,13 +34,15 @@ import os
 import shlex
 import shutil
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from pydantic import field_validator
+import orjson
+from pydantic import TypeAdapter, ValidationError, field_validator, model_validator
 
-from activities.a2a import TextPart
+from activities.a2a import DataPart, FilePart, Part, TextPart
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest, BackendResponse
 from activities.backends.options import BackendOptions, Duration, format_duration, parse_options
 from activities.backends.process_group import group_alive, signal_group, terminate_group
@@ -63,9 +70,22 @@ class ExecOptions(BackendOptions):
     cwd: str | None = None
     """Working directory of the command (default: the worker's)."""
     stdin: Literal["text", "json"] = "text"
-    """What the command reads: the message text, or the whole request as one JSON object."""
+    """What the command reads: the message text, or the whole request as one JSON object (then a stdout of
+    {"parts": [...]} is read as A2A parts)."""
     grace: Duration = timedelta(seconds=2)
     """How long the process group may take to exit after SIGTERM before it gets SIGKILL."""
+    format: Literal["text", "json"] = "text"
+    """Alias: format=json sets stdin=json (the whole request on stdin, {"parts": [...]} accepted on stdout)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_sets_stdin(cls, data: Any) -> Any:
+        """Apply ``format=json`` to ``stdin``, refusing a contradicting ``stdin=text``."""
+        if isinstance(data, dict) and data.get("format") == "json":
+            if data.get("stdin", "json") != "json":
+                raise ValueError("format=json means stdin=json; drop one of them")
+            data = {**data, "stdin": "json"}
+        return data
 
     @field_validator("cmd")
     @classmethod
@@ -99,7 +119,7 @@ class ExecFailedError(BackendError):
         stderr_tail: At most the last :data:`STDERR_TAIL_CHARS` characters of stderr, stripped.
     """
 
-    def __init__(self, program: str, returncode: int, stderr_tail: str) -> None:
+    def __init__(self, program: str, returncode: int, stderr_tail: str, *, backend: str = "exec") -> None:
         if returncode < 0:
             try:
                 outcome = f"was killed by {signal.Signals(-returncode).name}"
@@ -107,7 +127,7 @@ class ExecFailedError(BackendError):
                 outcome = f"was killed by signal {-returncode}"
         else:
             outcome = f"exited with status {returncode}"
-        super().__init__(f"exec: {program!r} {outcome}: {stderr_tail or '(stderr empty)'}")
+        super().__init__(f"{backend}: {program!r} {outcome}: {stderr_tail or '(stderr empty)'}")
         self.returncode = returncode
         self.stderr_tail = stderr_tail
 
@@ -137,6 +157,151 @@ def _is_molecule_secret(name: str) -> bool:
     """Whether a worker variable may hold a workspace token or secret, so it stays out of the child's env."""
     upper = name.upper()
     return upper.startswith("MOLECULE_") and ("TOKEN" in upper or "SECRET" in upper)
+
+
+def child_env(request: BackendRequest, *, metadata: bool) -> dict[str, str]:
+    """The environment of a backend command: the worker's, never a ``MOLECULE_*`` token or secret.
+
+    Args:
+        request: The inbound message.
+        metadata: Whether to add :func:`metadata_env` (``-o env=true``).
+
+    Returns:
+        Variable names to values.
+    """
+    env = {name: value for name, value in os.environ.items() if not _is_molecule_secret(name)}
+    if metadata:
+        env.update(metadata_env(request))
+    return env
+
+
+@dataclass(frozen=True)
+class ProcessOutcome:
+    """How a command run by :func:`run_in_group` ended."""
+
+    returncode: int
+    """The exit status, or ``-N`` when signal ``N`` ended it."""
+    stdout: bytes
+    """All of its standard output (at most :data:`MAX_STDOUT_BYTES`)."""
+    stderr_tail: str
+    """At most the last :data:`STDERR_TAIL_CHARS` characters of its standard error, stripped."""
+
+
+async def run_in_group(
+    argv: Sequence[str],
+    stdin_bytes: bytes,
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    timeout: timedelta,
+    grace: timedelta,
+    backend: str,
+    hint: str,
+    log_fields: Mapping[str, Any],
+) -> ProcessOutcome:
+    """Run a command as the leader of its own process group, feeding stdin and reading stdout and stderr.
+
+    The shared process discipline of the command backends (``exec``, ``claude-code``): no shell, a new session
+    and process group, the whole group ended on timeout, cancellation or output over the cap (SIGTERM,
+    ``grace``, SIGKILL), and processes left in the background after a normal exit sent SIGTERM.
+
+    Args:
+        argv: The program and its arguments.
+        stdin_bytes: Everything the command reads; stdin is closed after it.
+        env: The command's whole environment.
+        cwd: Its working directory; ``None`` for the worker's.
+        timeout: How long it may run.
+        grace: How long its group may take to exit after SIGTERM.
+        backend: The backend name that prefixes error messages.
+        hint: Advice appended when the program cannot be run (which option to check).
+        log_fields: ``extra=`` of the DEBUG log lines (workspace, row, message, attempt).
+
+    Returns:
+        Its exit status, stdout and the tail of stderr; a non-zero status is the caller's to judge.
+
+    Raises:
+        BackendError: It ran longer than ``timeout``, printed more than :data:`MAX_STDOUT_BYTES`, or could not
+            be started for a passing reason (e.g. too many open files).
+        BackendConfigError: The program or working directory does not exist or is not executable.
+        asyncio.CancelledError: The caller was cancelled; the process group was ended first.
+    """
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
+        where = f" in {cwd!r}" if cwd else ""
+        raise BackendConfigError(f"{backend}: cannot run {argv[0]!r}{where}: {err.strerror}; {hint}") from err
+    except OSError as err:
+        raise BackendError(f"{backend}: cannot start {argv[0]!r}: {err.strerror or err}") from err
+    logger.debug("%s: started %r as pid %d", backend, argv[0], process.pid, extra=log_fields)
+    try:
+        async with asyncio.timeout(timeout.total_seconds()):
+            stdout, stderr_tail = await _communicate(process, stdin_bytes, backend)
+            returncode = await process.wait()
+    except TimeoutError:
+        await terminate_group(process, grace)
+        raise BackendError(f"{backend}: timed out after {format_duration(timeout)}") from None
+    except BaseException:
+        # Cancellation, or output over the cap: no process of this message may outlive the call.
+        await terminate_group(process, grace)
+        raise
+    if group_alive(process.pid):
+        logger.debug("%s: %r left processes running; sending them SIGTERM", backend, argv[0], extra=log_fields)
+        signal_group(process.pid, signal.SIGTERM)
+    logger.debug("%s: %r exited with %d", backend, argv[0], returncode, extra=log_fields)
+    return ProcessOutcome(returncode=returncode, stdout=stdout, stderr_tail=stderr_tail)
+
+
+def stdout_text(stdout: bytes) -> str:
+    """A command's reply text: stdout as UTF-8 (invalid bytes replaced) minus one trailing newline (LF or CRLF)."""
+    text = stdout.decode("utf-8", errors="replace")
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text.removesuffix("\n")
+
+
+_PARTS = TypeAdapter(list[Part])
+
+
+def json_reply_parts(text: str) -> list[TextPart | FilePart | DataPart] | None:
+    """Read JSON-mode stdout: the parts of a ``{"parts": [...]}`` object, or ``None`` for plain text.
+
+    Args:
+        text: The decoded stdout.
+
+    Returns:
+        The validated parts (one empty text part for ``{"parts": []}``), or ``None`` when ``text`` is not a
+        JSON object with a ``parts`` key.
+
+    Raises:
+        BackendError: ``parts`` is not a list of valid A2A v0.3 parts (each needs ``kind``: text, file or data).
+    """
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        document = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict) or "parts" not in document:
+        return None
+    try:
+        parts = _PARTS.validate_python(document["parts"])
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = "parts" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        raise BackendError(
+            f'exec: stdout is JSON with "parts" but {where} is invalid: {first["msg"]} '
+            '(expected e.g. {"parts": [{"kind": "text", "text": "hi"}]})'
+        ) from None
+    return list(parts) or [TextPart(text="")]
 
 
 class ExecBackend:
@@ -178,12 +343,14 @@ class ExecBackend:
             request: The inbound message.
 
         Returns:
-            One :class:`~activities.a2a.TextPart` with the command's stdout (possibly empty).
+            One :class:`~activities.a2a.TextPart` with the command's stdout (possibly empty); in JSON mode the
+            parts of a ``{"parts": [...]}`` stdout instead.
 
         Raises:
             ExecFailedError: The command exited non-zero or was killed by a signal.
-            BackendError: It ran longer than ``-o timeout``, printed more than :data:`MAX_STDOUT_BYTES`, or
-                could not be started for a passing reason (e.g. too many open files).
+            BackendError: It ran longer than ``-o timeout``, printed more than :data:`MAX_STDOUT_BYTES`, could
+                not be started for a passing reason (e.g. too many open files), or printed ``{"parts": ...}``
+                in JSON mode with invalid parts.
             BackendConfigError: The program or working directory vanished since the backend was created.
             asyncio.CancelledError: The dispatch was cancelled; the process group was killed first.
         """
@@ -193,59 +360,27 @@ class ExecBackend:
             "message_id": request.message.message_id,
             "attempt": request.attempt,
         }
-        if self.options.stdin == "json":
-            stdin_bytes = request.model_dump_json().encode()
-        else:
-            stdin_bytes = request.text.encode()
-        process = await self._spawn(request)
-        logger.debug("exec: started %r as pid %d", self._argv[0], process.pid, extra=log_fields)
-        try:
-            async with asyncio.timeout(self.options.timeout.total_seconds()):
-                stdout, stderr_tail = await _communicate(process, stdin_bytes)
-                returncode = await process.wait()
-        except TimeoutError:
-            await terminate_group(process, self.options.grace)
-            raise BackendError(f"exec: timed out after {format_duration(self.options.timeout)}") from None
-        except BaseException:
-            # Cancellation, or output over the cap: no process of this message may outlive the call.
-            await terminate_group(process, self.options.grace)
-            raise
-        if group_alive(process.pid):
-            logger.debug(
-                "exec: %r left processes running; sending them SIGTERM", self._argv[0], extra=log_fields
-            )
-            signal_group(process.pid, signal.SIGTERM)
-        logger.debug("exec: %r exited with %d", self._argv[0], returncode, extra=log_fields)
-        if returncode != 0:
-            raise ExecFailedError(self._argv[0], returncode, stderr_tail)
-        return BackendResponse(parts=[TextPart(text=_reply_text(stdout))])
+        json_mode = self.options.stdin == "json"
+        stdin_bytes = request.model_dump_json().encode() if json_mode else request.text.encode()
+        outcome = await run_in_group(
+            self._argv,
+            stdin_bytes,
+            env=child_env(request, metadata=self.options.env),
+            cwd=self.options.cwd,
+            timeout=self.options.timeout,
+            grace=self.options.grace,
+            backend="exec",
+            hint=f"check -o cmd and -o cwd ({_SHELL_HINT})",
+            log_fields=log_fields,
+        )
+        if outcome.returncode != 0:
+            raise ExecFailedError(self._argv[0], outcome.returncode, outcome.stderr_tail)
+        text = stdout_text(outcome.stdout)
+        parts = json_reply_parts(text) if json_mode else None
+        return BackendResponse(parts=parts if parts is not None else [TextPart(text=text)])
 
     async def close(self) -> None:
         """Nothing to release: each message's processes end with its :meth:`handle` call."""
-
-    async def _spawn(self, request: BackendRequest) -> asyncio.subprocess.Process:
-        """Start the command as the leader of a new session and process group, with pipes on stdin/out/err."""
-        env = {name: value for name, value in os.environ.items() if not _is_molecule_secret(name)}
-        if self.options.env:
-            env.update(metadata_env(request))
-        try:
-            return await asyncio.create_subprocess_exec(
-                *self._argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=self.options.cwd,
-                env=env,
-                start_new_session=True,
-            )
-        except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
-            where = f" in {self.options.cwd!r}" if self.options.cwd else ""
-            raise BackendConfigError(
-                f"exec: cannot run {self._argv[0]!r}{where}: {err.strerror}; "
-                f"check -o cmd and -o cwd ({_SHELL_HINT})"
-            ) from err
-        except OSError as err:
-            raise BackendError(f"exec: cannot start {self._argv[0]!r}: {err.strerror or err}") from err
 
 
 def _check_program(program: str, cwd: str | None) -> None:
@@ -267,7 +402,7 @@ def _check_program(program: str, cwd: str | None) -> None:
         )
 
 
-async def _communicate(process: asyncio.subprocess.Process, stdin_bytes: bytes) -> tuple[bytes, str]:
+async def _communicate(process: asyncio.subprocess.Process, stdin_bytes: bytes, backend: str) -> tuple[bytes, str]:
     """Feed stdin while reading stdout and stderr, so a command that writes before reading never stalls.
 
     Returns:
@@ -277,11 +412,11 @@ async def _communicate(process: asyncio.subprocess.Process, stdin_bytes: bytes) 
         BackendError: stdout grew beyond :data:`MAX_STDOUT_BYTES`.
     """
     if process.stdin is None or process.stdout is None or process.stderr is None:
-        raise RuntimeError("exec: the command was started without pipes")
+        raise RuntimeError(f"{backend}: the command was started without pipes")
     feeder = asyncio.create_task(_feed(process.stdin, stdin_bytes))
     stderr_reader = asyncio.create_task(_read_tail(process.stderr))
     try:
-        stdout = await _read_capped(process.stdout, MAX_STDOUT_BYTES)
+        stdout = await _read_capped(process.stdout, MAX_STDOUT_BYTES, backend)
         stderr_tail = await stderr_reader
         await feeder
     finally:
@@ -303,21 +438,13 @@ async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
         stdin.close()
 
 
-def _reply_text(stdout: bytes) -> str:
-    """The reply text: stdout as UTF-8 (invalid bytes replaced) minus one trailing newline (LF or CRLF)."""
-    text = stdout.decode("utf-8", errors="replace")
-    if text.endswith("\r\n"):
-        return text[:-2]
-    return text.removesuffix("\n")
-
-
-async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
+async def _read_capped(stream: asyncio.StreamReader, limit: int, backend: str) -> bytes:
     """Read a stream to its end, refusing more than ``limit`` bytes."""
     output = bytearray()
     while chunk := await stream.read(_READ_SIZE):
         output += chunk
         if len(output) > limit:
-            raise BackendError(f"exec: output exceeded {limit} bytes; the reply was not sent")
+            raise BackendError(f"{backend}: output exceeded {limit} bytes; the reply was not sent")
     return bytes(output)
 
 

@@ -248,7 +248,7 @@ async def test_exec_program_removed_after_start_raises_config_error(tmp_path: Pa
 def test_exec_unknown_option_raises_config_error():
     with pytest.raises(
         BackendConfigError,
-        match=r"^exec: unknown option 'foo' \(known: cmd, timeout, env, cwd, stdin, grace\)$",
+        match=r"^exec: unknown option 'foo' \(known: cmd, timeout, env, cwd, stdin, grace, format\)$",
     ):
         ExecBackend({"cmd": "cat", "foo": "1"})
 
