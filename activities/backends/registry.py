@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from activities.backends.base import Backend, BackendConfigError
+from activities.backends.claude_code import ClaudeCodeBackend
 from activities.backends.echo import EchoBackend
 from activities.backends.exec import ExecBackend
 from activities.backends.options import OptionInfo, describe_options
@@ -36,6 +37,7 @@ BackendFactory = Callable[[Mapping[str, str]], Backend]
 BUILTIN_BACKENDS: Mapping[str, BackendFactory] = {
     "echo": EchoBackend,
     "exec": ExecBackend,
+    "claude-code": ClaudeCodeBackend,
 }
 """Backends shipped with molecule-connect, in the order ``available_backends()`` lists them."""
 
@@ -61,8 +63,8 @@ def create_backend(name: str, options: Mapping[str, str]) -> Backend:
     """Build a backend from its name and ``-o`` options.
 
     Args:
-        name: A built-in name (``echo``, ``exec``) or one registered in the ``molecule_connect.backends``
-            entry-point group.
+        name: A built-in name (``echo``, ``exec``, ``claude-code``, ``http``) or one registered in the
+            ``molecule_connect.backends`` entry-point group.
         options: Option keys to string values; each backend validates its own.
 
     Returns:
