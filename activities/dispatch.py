@@ -4,8 +4,9 @@ The backend runs as an asyncio task while the activity heartbeats Temporal, so a
 run) never looks dead, and a killed worker is noticed within ``heartbeat_timeout``. Cancellation (workflow request,
 heartbeat timeout seen by the server, worker shutdown) cancels the backend task, which kills its processes.
 
-Failure classes: ``BackendFailed`` (retryable; the workflow dead-letters after ``max_attempts``) and
-``BackendMisconfigured`` (non-retryable; the workflow blocks instead of dead-lettering every message).
+Failure classes: ``BackendFailed`` (retryable; the workflow dead-letters after ``max_attempts``; non-retryable,
+so dead-lettered at once, for a ``PermanentBackendError``) and ``BackendMisconfigured`` (non-retryable; the
+workflow blocks instead of dead-lettering every message).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.a2a import TextPart
 from activities.backends import create_backend
-from activities.backends.base import Backend, BackendConfigError, BackendError, BackendRequest
+from activities.backends.base import (
+    Backend,
+    BackendConfigError,
+    BackendError,
+    BackendRequest,
+    PermanentBackendError,
+)
 from activities.errors import ErrorType
 from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyPart
 
@@ -90,7 +97,8 @@ class DispatchActivities:
             Reply parts; text over :data:`MAX_REPLY_TEXT_BYTES` is truncated with a visible marker.
 
         Raises:
-            ApplicationError: ``BackendFailed`` (retryable) or ``BackendMisconfigured`` (non-retryable).
+            ApplicationError: ``BackendFailed`` (retryable, unless the backend raised ``PermanentBackendError``)
+                or ``BackendMisconfigured`` (non-retryable).
             asyncio.CancelledError: The activity was cancelled; the backend was stopped first.
         """
         info = activity.info()
@@ -133,7 +141,10 @@ class DispatchActivities:
             ) from None
         except BackendError as err:
             activity.logger.warning("backend failed: %s", err, extra=log_extra)
-            raise ApplicationError(str(err), type=ErrorType.BACKEND_FAILED) from None
+            # A permanent failure (e.g. the agent rejects the request as invalid) would fail the same way on
+            # every retry, so it is dead-lettered at once.
+            permanent = isinstance(err, PermanentBackendError)
+            raise ApplicationError(str(err), type=ErrorType.BACKEND_FAILED, non_retryable=permanent) from None
         parts, truncated = truncate_parts(list(response.parts))
         if truncated:
             activity.logger.warning("backend reply truncated", extra=log_extra)

@@ -2,11 +2,13 @@
 
 Modules:
 
-- ``base``: the contract: :class:`Backend`, :class:`BackendRequest`, :class:`BackendResponse`, two errors.
+- ``base``: the contract: :class:`Backend`, :class:`BackendRequest`, :class:`BackendResponse`, the errors.
 - ``options``: how a backend declares its ``-o key=value`` options (one pydantic model), and their parsing.
 - ``registry``: built-in backends, plugins from the ``molecule_connect.backends`` entry points, and lookup.
 - ``echo``: replies with the message through a template.
-- ``exec``: runs a command per message, text on stdin and stdout as the reply.
+- ``exec``: runs a command per message, text (or the JSON request) on stdin and stdout as the reply.
+- ``claude_code``: ``claude -p`` per message, one Claude session per conversation.
+- ``http``: forwards each message to an A2A v0.3 agent (``message/send``) and relays its Message or Task.
 - ``process_group``: ends a command's whole process group (SIGTERM, grace, SIGKILL).
 
 Contract:
@@ -14,7 +16,8 @@ Contract:
 - A backend is built once per (name, options) by :func:`create_backend` and shared by concurrent dispatches;
   its ``handle(request)`` turns one message into reply parts and ``close()`` runs at worker shutdown.
 - Failures have two classes. :class:`BackendError`: this message failed (non-zero exit, timeout, bad output);
-  it is retried, then dead-lettered. :class:`BackendConfigError`: nothing can succeed (unknown backend, bad
+  it is retried, then dead-lettered (at once for its subclass :class:`PermanentBackendError`, e.g. an agent
+  rejecting the request as invalid). :class:`BackendConfigError`: nothing can succeed (unknown backend, bad
   option, missing program); the workspace is blocked. Options are validated when the backend is built, so a
   misconfiguration shows before the first message.
 - A backend never sees Temporal. Dispatch cancels ``handle`` on activity cancellation; the backend stops its
@@ -29,6 +32,7 @@ from activities.backends.base import (
     BackendError,
     BackendRequest,
     BackendResponse,
+    PermanentBackendError,
 )
 from activities.backends.options import OptionInfo
 from activities.backends.registry import (
@@ -51,6 +55,7 @@ __all__ = [
     "BackendRequest",
     "BackendResponse",
     "OptionInfo",
+    "PermanentBackendError",
     "available_backends",
     "create_backend",
 ]

@@ -47,6 +47,10 @@ class BackendError(Exception):
     """The message failed in the backend (non-zero exit, timeout, bad output). Retried, then dead-lettered."""
 
 
+class PermanentBackendError(BackendError):
+    """This message can never succeed (the agent rejected it as invalid): dead-lettered at once, not retried."""
+
+
 class BackendConfigError(Exception):
     """The backend cannot run at all (unknown name, bad option, command not found). Blocks the workspace."""
 

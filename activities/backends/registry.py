@@ -24,6 +24,7 @@ from activities.backends.base import Backend, BackendConfigError
 from activities.backends.claude_code import ClaudeCodeBackend
 from activities.backends.echo import EchoBackend
 from activities.backends.exec import ExecBackend
+from activities.backends.http import HttpBackend
 from activities.backends.options import OptionInfo, describe_options
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ BUILTIN_BACKENDS: Mapping[str, BackendFactory] = {
     "echo": EchoBackend,
     "exec": ExecBackend,
     "claude-code": ClaudeCodeBackend,
+    "http": HttpBackend,
 }
 """Backends shipped with molecule-connect, in the order ``available_backends()`` lists them."""
 

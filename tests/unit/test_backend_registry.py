@@ -158,7 +158,7 @@ def test_create_backend_unknown_name_lists_plugins_after_builtins(plugin: str):
 
     assert (
         str(caught.value)
-        == "unknown backend 'nope': choose one of echo, exec, claude-code, broken, hollow, shout, whisper"
+        == "unknown backend 'nope': choose one of echo, exec, claude-code, http, broken, hollow, shout, whisper"
     )
 
 
