@@ -27,6 +27,7 @@ from activities.a2a import (
     parse_inbound,
     reply_message_id,
 )
+from activities.budget import RequestBudgets, next_poll_interval
 from activities.errors import ErrorType, classify_response, transport_error
 from activities.messages import (
     HeartbeatInput,
@@ -54,6 +55,9 @@ limit, and a poll result that can never be uploaded wedges the inbox. Such a row
 large) without its parts, so it is dead-lettered and the sender told."""
 TEXT_COPY_BYTES = 256 * 1024
 """Text over this is carried once, in ``message.parts``, and not copied into ``PolledRow.text`` as well."""
+BUDGET_HEARTBEAT_S = 5.0
+"""While a request waits for the request budget, Temporal is heartbeated this often, so a long queue never looks
+like a dead worker (the poll's ``heartbeat_timeout`` is 30 s + ``poll_interval_s``)."""
 
 TokenLookup = Callable[[str], str]
 """``workspace_id -> token``; raises ``LookupError`` or ``ValueError`` (``worker.secrets.TokenError``) when it cannot
@@ -169,6 +173,7 @@ class PlatformActivities:
         *,
         org_id: str | None = None,
         agent_version: str = "0",
+        budgets: RequestBudgets | None = None,
     ) -> None:
         """Create the activities.
 
@@ -177,11 +182,17 @@ class PlatformActivities:
             token_for: Token lookup by workspace id.
             org_id: Sent as ``X-Molecule-Org-Id`` when set (hosted platforms, PROTOCOL.md §2).
             agent_version: ``agent_card.version`` sent on register.
+            budgets: The worker process's request budget per platform (``activities.budget``); unlimited when
+                ``None``.
         """
         self._http = http
         self._token_for = token_for
         self._org_id = org_id
         self._agent_version = agent_version
+        self._budgets = budgets if budgets is not None else RequestBudgets(per_minute=0)
+        self._quiet_since: dict[str, float] = {}
+        """Workspace id → when its inbox last had rows (or polling started), kept across poll runs in this process
+        so an idle inbox stays backed off when the workflow starts the next long poll (a hint: lost on restart)."""
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
@@ -208,17 +219,36 @@ class PlatformActivities:
         json_body: Any = None,
         params: dict[str, Any] | None = None,
         extra_headers: dict[str, str] | None = None,
+        priority: bool = False,
     ) -> httpx.Response:
-        """Send one request; return the response whatever its status. Network errors raise ``Transient``."""
+        """Send one request within the platform's request budget; return the response whatever its status.
+
+        ``priority`` (heartbeats) never waits behind other requests for the budget. Network errors raise
+        ``Transient``.
+        """
         headers = self._headers(target, body=json_body is not None)
         headers.update(extra_headers or {})
         content = orjson.dumps(json_body) if json_body is not None else None
+        await self._spend(target, priority=priority)
         try:
             return await self._http.request(
                 method, f"{target.platform_url}{path}", content=content, params=params, headers=headers
             )
         except httpx.HTTPError as err:
             raise transport_error(operation, err) from None
+
+    async def _spend(self, target: PlatformTarget, *, priority: bool) -> None:
+        """Take one request from the platform's budget, heartbeating Temporal while queued for it."""
+        budget = self._budgets.for_url(target.platform_url)
+        if budget.try_acquire(priority=priority):
+            return
+        acquire = asyncio.ensure_future(budget.acquire(priority=priority))
+        try:
+            while not (await asyncio.wait({acquire}, timeout=BUDGET_HEARTBEAT_S))[0]:
+                activity.heartbeat()
+        finally:
+            acquire.cancel()  # no-op once acquired; otherwise leaves the queue (we are being cancelled)
+        acquire.result()
 
     # --- register / heartbeat ---------------------------------------------------------------------------------
 
@@ -278,6 +308,7 @@ class PlatformActivities:
                     input.target,
                     "/registry/heartbeat",
                     json_body={**body, "uptime_seconds": int(time.monotonic() - started)},
+                    priority=True,
                 )
             except ApplicationError as err:
                 if err.type != ErrorType.TRANSIENT:
@@ -383,6 +414,11 @@ class PlatformActivities:
         re-reads the newest rows without a cursor and keeps those created at or after the cursor row (the workflow's
         dedupe window drops anything already seen).
 
+        Idle backoff (``activities.budget.next_poll_interval``): after a minute without rows the pause between reads
+        grows ×1.5 per empty read up to ``max(10 s, poll_interval_s)``. The quiet spell is remembered per workspace
+        in this process, so the next long poll continues it; it ends, and reads go back to ``poll_interval_s``, as
+        soon as a read returns rows (which also ends this run). No input field is needed, so histories replay as is.
+
         Returns:
             Rows oldest first (skip rules applied), possibly empty after ``max_wait_s``.
 
@@ -391,14 +427,20 @@ class PlatformActivities:
             asyncio.CancelledError: The workflow cancelled the poll (pause, cursor change, continue-as-new).
         """
         deadline = time.monotonic() + input.max_wait_s
+        workspace_id = input.target.workspace_id
+        quiet_since = self._quiet_since.setdefault(workspace_id, time.monotonic())
+        interval = input.poll_interval_s
         polls = 0
         while True:
             polls += 1
             result = await self._poll_once(input)
             activity.heartbeat(polls)
             if result is not None:
+                if result.rows:
+                    self._quiet_since.pop(workspace_id, None)
                 return self._bounded(result).model_copy(update={"polls": polls})
-            if time.monotonic() + input.poll_interval_s >= deadline or await _pause(input.poll_interval_s):
+            interval = next_poll_interval(input.poll_interval_s, interval, time.monotonic() - quiet_since)
+            if time.monotonic() + interval >= deadline or await _pause(interval):
                 return PollResult(polls=polls)
 
     # --- reply ------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE, RequestBudgets
 from activities.dispatch import DispatchActivities
 from activities.platform import PlatformActivities, TokenLookup
 from workflows.connect import ConnectWorkflow
@@ -50,6 +51,8 @@ async def running_worker(
     org_id: str | None = None,
     max_concurrent_activities: int = 200,
     graceful_shutdown: timedelta = timedelta(seconds=30),
+    request_budget_per_min: float = DEFAULT_PER_MINUTE,
+    request_burst: int = DEFAULT_BURST,
 ) -> AsyncIterator[Worker]:
     """Run a connector worker for the duration of the ``async with`` block.
 
@@ -61,15 +64,19 @@ async def running_worker(
         max_concurrent_activities: Activity slots; each connected workspace holds two (heartbeat, poll) plus one
             per in-flight dispatch.
         graceful_shutdown: How long in-flight activities may finish when the block exits.
+        request_budget_per_min: Platform requests per minute shared by every connector of this worker, per platform
+            (``activities.budget``); ``0`` means unlimited.
+        request_burst: Requests that may start at once after a quiet spell (the token bucket's size).
 
     Yields:
         The running ``Worker``.
     """
+    budgets = RequestBudgets(per_minute=request_budget_per_min, burst=request_burst)
     http = httpx.AsyncClient(
         timeout=HTTP_TIMEOUT,
         limits=httpx.Limits(max_connections=max_concurrent_activities, max_keepalive_connections=64),
     )
-    platform = PlatformActivities(http, token_for, org_id=org_id, agent_version=agent_version())
+    platform = PlatformActivities(http, token_for, org_id=org_id, agent_version=agent_version(), budgets=budgets)
     dispatch = DispatchActivities()
     worker = Worker(
         client,

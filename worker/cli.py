@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -32,6 +33,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 
 from activities.backends import create_backend
 from activities.backends.base import BackendConfigError
+from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE
 from activities.messages import BackendSpec, ColdStart
 from worker import control
 from worker.control import ConnectorError, connector_status, start_connector
@@ -83,6 +85,21 @@ ShutdownGraceOption = Annotated[
 MetricsPortOption = Annotated[
     int | None,
     typer.Option("--metrics-port", help="Serve Prometheus metrics (SDK + connector counters) on this port."),
+]
+RequestBudgetOption = Annotated[
+    float,
+    typer.Option(
+        "--request-budget",
+        envvar="MOLECULE_REQUEST_BUDGET",
+        help="Platform requests per minute shared by all connectors of this worker, per platform (0: unlimited).",
+        min=0,
+    ),
+]
+RequestBurstOption = Annotated[
+    int,
+    typer.Option(
+        "--request-burst", envvar="MOLECULE_REQUEST_BURST", help="Requests that may start at once (bucket size).", min=1
+    ),
 ]
 StartFromOption = Annotated[
     str, typer.Option("--start-from", help="Cold start: 'latest' (deliver nothing old) or 'backlog' (oldest first).")
@@ -166,12 +183,21 @@ async def _until_signalled(what: str) -> None:
     print("stopping: no new polls; in-flight dispatches may finish (signal again to exit now)...", file=sys.stderr)
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """The ``--request-budget``/``--request-burst`` values of ``run`` and ``worker``."""
+
+    per_min: float = DEFAULT_PER_MINUTE
+    burst: int = DEFAULT_BURST
+
+
 async def _serve(
     task_queue: str,
     tokens: TokenStore,
     shutdown_grace: float,
     metrics_port: int | None,
     started: Callable[[Client], Awaitable[str]],
+    budget: _Budget = _Budget(),
 ) -> None:
     """Connect, run a worker until signalled, then shut down within ``shutdown_grace`` seconds."""
     from worker.assemble import metrics_runtime, running_worker
@@ -187,6 +213,8 @@ async def _serve(
         token_for=tokens.token_for,
         org_id=os.environ.get("MOLECULE_ORG_ID") or None,
         graceful_shutdown=timedelta(seconds=shutdown_grace),
+        request_budget_per_min=budget.per_min,
+        request_burst=budget.burst,
     ):
         await _until_signalled(await started(connected.client))
     print("worker stopped", file=sys.stderr)
@@ -210,6 +238,8 @@ def run(
     task_queue: TaskQueueOption = TASK_QUEUE,
     shutdown_grace: ShutdownGraceOption = 30.0,
     metrics_port: MetricsPortOption = None,
+    request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
+    request_burst: RequestBurstOption = DEFAULT_BURST,
 ) -> None:
     """Run a worker and ensure the workspace's connector workflow; Ctrl-C stops the worker only.
 
@@ -222,7 +252,8 @@ def run(
         handle = await start_connector(client, input, task_queue=task_queue)
         return f"connector {handle.id} running on task queue {task_queue}"
 
-    _run_async(lambda: _serve(task_queue, tokens, shutdown_grace, metrics_port, started))
+    budget = _Budget(request_budget, request_burst)
+    _run_async(lambda: _serve(task_queue, tokens, shutdown_grace, metrics_port, started, budget))
 
 
 @app.command()
@@ -230,6 +261,8 @@ def worker(
     task_queue: TaskQueueOption = TASK_QUEUE,
     shutdown_grace: ShutdownGraceOption = 30.0,
     metrics_port: MetricsPortOption = None,
+    request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
+    request_burst: RequestBurstOption = DEFAULT_BURST,
 ) -> None:
     """Run a worker only: it serves every connector on the task queue (fleets run many of these)."""
     tokens = _tokens_for(None)
@@ -237,7 +270,8 @@ def worker(
     async def started(client: Client) -> str:
         return f"worker running on task queue {task_queue}"
 
-    _run_async(lambda: _serve(task_queue, tokens, shutdown_grace, metrics_port, started))
+    budget = _Budget(request_budget, request_burst)
+    _run_async(lambda: _serve(task_queue, tokens, shutdown_grace, metrics_port, started, budget))
 
 
 @app.command()
