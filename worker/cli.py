@@ -4,6 +4,8 @@ Commands: ``run`` (worker + ensured connector), ``worker``, ``start``, ``status`
 ``resume``, ``drain``, ``cursor``, ``dead-letters``, ``configure``), replay debugging (``replay``, ``history export``),
 ``dev-platform`` (with ``create-workspace``) and ``demo``.
 
+``backends`` lists the backends this worker can run, plugins included, with their options.
+
 Every user error prints one line on stderr that says what to do, and exits 2.
 """
 
@@ -15,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,10 +34,11 @@ try:  # recent typer vendors click as typer._click, whose exceptions are not cli
 except ImportError:  # pragma: no cover - older typer runs on click itself
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
-from activities.backends import create_backend
+from activities.backends import BackendInfo, available_backends, create_backend
 from activities.backends.base import BackendConfigError
 from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE
 from activities.messages import BackendSpec, ColdStart
+from activities.probe import PlatformProbeError, probe_platform
 from worker import control
 from worker.control import ConnectorError, connector_status, start_connector
 from worker.secrets import TokenError, TokenStore
@@ -104,6 +108,9 @@ RequestBurstOption = Annotated[
 StartFromOption = Annotated[
     str, typer.Option("--start-from", help="Cold start: 'latest' (deliver nothing old) or 'backlog' (oldest first).")
 ]
+NoProbeOption = Annotated[
+    bool, typer.Option("--no-probe", help="Skip the startup check that the platform supports poll mode's cursor.")
+]
 
 
 def _fail(message: str) -> NoReturn:
@@ -158,6 +165,16 @@ def _tokens_for(workspace_id: str | None) -> TokenStore:
     if workspace_id is not None:
         tokens.token_for(workspace_id)
     return tokens
+
+
+def _probe(input: ConnectInput, tokens: TokenStore) -> None:
+    """Refuse, before anything starts, a platform that cannot serve this connector (PROTOCOL.md §3.3)."""
+    org_id = os.environ.get("MOLECULE_ORG_ID") or None
+    token = tokens.token_for(input.workspace_id)
+    try:
+        asyncio.run(probe_platform(input.platform_url, input.workspace_id, token, org_id=org_id))
+    except PlatformProbeError as err:
+        raise UsageProblem(str(err)) from None
 
 
 def _run_async(main: Callable[[], Awaitable[None]]) -> None:
@@ -235,6 +252,7 @@ def run(
     backend: BackendOption = "echo",
     option: BackendOptions = None,
     start_from: StartFromOption = "latest",
+    no_probe: NoProbeOption = False,
     task_queue: TaskQueueOption = TASK_QUEUE,
     shutdown_grace: ShutdownGraceOption = 30.0,
     metrics_port: MetricsPortOption = None,
@@ -247,6 +265,8 @@ def run(
     """
     input = _connect_input(workspace_id, platform_url, backend, option, start_from)
     tokens = _tokens_for(workspace_id)
+    if not no_probe:
+        _probe(input, tokens)
 
     async def started(client: Client) -> str:
         handle = await start_connector(client, input, task_queue=task_queue)
@@ -292,6 +312,36 @@ def start(
         print(handle.id)
 
     _run_async(main)
+
+
+def format_backends(infos: dict[str, BackendInfo]) -> str:
+    """A human-readable listing of backends: name, origin and summary, then each option with default and help."""
+    lines: list[str] = []
+    for info in infos.values():
+        lines.append(f"{info.name} ({info.origin})" + (f": {info.summary}" if info.summary else ""))
+        if info.load_error is not None:
+            lines.append(f"  cannot be loaded: {info.load_error}")
+        elif not info.options:
+            lines.append("  (no options declared)")
+        for option in info.options:
+            value = "<required>" if option.required else "<unset>" if option.default is None else option.default or "''"
+            lines.append(f"  -o {option.name}={value}")
+            help_text = " ".join(option.help.split())
+            lines += textwrap.wrap(help_text, width=112, initial_indent=" " * 7, subsequent_indent=" " * 7)
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
+
+
+@app.command("backends")
+def backends_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the backends as a JSON array.")] = False,
+) -> None:
+    """List the backends this worker can run (built-ins and plugins) with their -o options and defaults."""
+    infos = available_backends()
+    if as_json:
+        print(orjson.dumps([info.model_dump() for info in infos.values()], option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_backends(infos))
 
 
 def format_status(status: StatusResult) -> str:
