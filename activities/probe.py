@@ -47,7 +47,7 @@ async def probe_platform(
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Origin": platform_url}
     if org_id:
         headers["X-Molecule-Org-Id"] = org_id
-    params = {"since_id": ZERO_CURSOR, "limit": 1}
+    params = {"since_id": ZERO_CURSOR, "limit": "1"}
     try:
         if http is not None:
             response = await http.get(url, params=params, headers=headers)
