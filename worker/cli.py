@@ -40,10 +40,12 @@ from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE
 from activities.messages import BackendSpec, ColdStart
 from activities.probe import PlatformProbeError, probe_platform
 from worker import control
+from worker.codec import CodecError, data_converter
 from worker.control import ConnectorError, connector_status, start_connector
 from worker.secrets import TokenError, TokenStore
 from worker.settings import TASK_QUEUE, workflow_id
-from worker.temporal import TemporalConnectError, connect_client
+from worker.temporal import ConnectedClient, TemporalConnectError
+from worker.temporal import connect_client as connect_temporal
 from workflows.messages import ConnectInput, ConnectSettings, StatusResult
 
 USER_ERROR_EXIT = 2
@@ -59,6 +61,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TemporalConnectError,
     ConnectorError,
     BackendConfigError,
+    CodecError,
 )
 
 app = typer.Typer(
@@ -179,6 +182,15 @@ def _probe(input: ConnectInput, tokens: TokenStore) -> None:
 
 def _run_async(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())
+
+
+async def connect_client(**kwargs: Any) -> ConnectedClient:
+    """``worker.temporal.connect_client`` with the project's data converter, for every command that connects.
+
+    When ``MOLECULE_CODEC_KEYS`` is set, payloads are encrypted and decrypted with the codec (``worker.codec``);
+    a malformed value is a ``CodecError`` (user error).
+    """
+    return await connect_temporal(data_converter=data_converter(), **kwargs)
 
 
 async def _until_signalled(what: str) -> None:
@@ -505,7 +517,7 @@ def replay_command(
             except ValueError as err:
                 raise UsageProblem(str(err)) from None
         failed = 0
-        for outcome in await replay(loaded):
+        for outcome in await replay(loaded, data_converter=data_converter()):
             if outcome.ok:
                 print(f"OK    {outcome.source}")
             else:
@@ -543,6 +555,29 @@ def history_export(
         print(f"wrote {len(history.events)} events of {workflow_id_} to {output}", file=sys.stderr)
 
     _run_async(main)
+
+
+@app.command("codec-server")
+def codec_server(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8081,
+    host: Annotated[str, typer.Option(help="Address to bind; anyone who reaches it can decrypt.")] = "127.0.0.1",
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Web UI origin allowed to call it (repeatable; default: :8233)."),
+    ] = None,
+) -> None:
+    """Serve the Temporal Web UI codec endpoint (/encode, /decode) with the keys of $MOLECULE_CODEC_KEYS."""
+    from worker.codec import DEFAULT_CORS_ORIGINS, KEYS_ENV, codec_from_env, serve_codec
+
+    codec = codec_from_env()
+    if codec is None:
+        raise UsageProblem(f"{KEYS_ENV} is not set: export the keys the workers use (keyid:base64key,...)")
+    origins = cors_origin or list(DEFAULT_CORS_ORIGINS)
+    print(
+        f"codec server on http://{host}:{port} for {', '.join(origins)}; set it as the codec endpoint in the Web UI",
+        file=sys.stderr,
+    )
+    serve_codec(codec, host=host, port=port, cors_origins=origins)
 
 
 dev_platform_app = typer.Typer(

@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
 from workflows.connect import ConnectWorkflow
@@ -69,18 +70,23 @@ _EVENT_ID = re.compile(r"event(?:[ _]?id)?[ :=]+(\d+)", re.IGNORECASE)
 
 
 async def replay(
-    histories: Iterable[tuple[str, WorkflowHistory]], *, workflows: Sequence[type] = (ConnectWorkflow,)
+    histories: Iterable[tuple[str, WorkflowHistory]],
+    *,
+    workflows: Sequence[type] = (ConnectWorkflow,),
+    data_converter: DataConverter = pydantic_data_converter,
 ) -> list[ReplayOutcome]:
     """Replay each history against the current ``ConnectWorkflow`` code.
 
     Args:
         histories: ``(source label, history)`` pairs.
         workflows: Workflow classes to replay with (tests pass a deliberately changed copy).
+        data_converter: The converter the histories were written with: ``worker.codec.data_converter()`` for
+            encrypted histories (plain payloads in them still decode).
 
     Returns:
         One outcome per history, in order.
     """
-    replayer = Replayer(workflows=list(workflows), data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=list(workflows), data_converter=data_converter)
     outcomes: list[ReplayOutcome] = []
     for source, history in histories:
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
