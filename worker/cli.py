@@ -20,7 +20,7 @@ import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -110,6 +110,9 @@ RequestBurstOption = Annotated[
 ]
 StartFromOption = Annotated[
     str, typer.Option("--start-from", help="Cold start: 'latest' (deliver nothing old) or 'backlog' (oldest first).")
+]
+QueryTimeoutOption = Annotated[
+    float, typer.Option("--timeout", help="Seconds each connector's status query may take.", min=0.1)
 ]
 NoProbeOption = Annotated[
     bool, typer.Option("--no-probe", help="Skip the startup check that the platform supports poll mode's cursor.")
@@ -377,12 +380,91 @@ def format_status(status: StatusResult) -> str:
     return "\n".join(lines)
 
 
+TABLE_COLUMNS = ("WORKSPACE", "PHASE", "LAG", "IN FLIGHT", "DEAD", "LAST DELIVERY", "LAST ERROR")
+"""Columns of the connector table; LAG is ``pending``: messages fetched past the commit cursor, not yet settled."""
+
+
+def format_status_table(rows: list[control.ConnectorRow], now: datetime) -> str:
+    """An aligned table, one connector a line; a connector whose query failed shows ``?`` and the error."""
+    lines = [TABLE_COLUMNS]
+    for row in rows:
+        s = row.status
+        if s is None:
+            lines.append((row.workspace_id, "?", "-", "-", "-", "-", _clip(row.error or "no status")))
+        else:
+            last_error = _clip(s.last_error or s.blocked_reason or "-")
+            delivered = _age(s.last_delivery_at, now)
+            counts = (str(s.pending), str(len(s.in_flight)), str(len(s.dead_letters)))
+            lines.append((row.workspace_id, s.phase, *counts, delivered, last_error))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_COLUMNS) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
+        for line in lines
+    )
+
+
+def _age(at: datetime | None, now: datetime) -> str:
+    if at is None:
+        return "never"
+    seconds = max(0, int((now - at).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _clip(text: str, width: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _print_rows(rows: list[control.ConnectorRow], as_json: bool) -> None:
+    """Print rows as the table, or as a JSON list of ``{workspace_id, workflow_id, error, status}``."""
+    if as_json:
+        listing = [
+            {
+                "workspace_id": row.workspace_id,
+                "workflow_id": workflow_id(row.workspace_id),
+                "error": row.error,
+                "status": row.status.model_dump(mode="json") if row.status is not None else None,
+            }
+            for row in rows
+        ]
+        print(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode())
+    elif rows:
+        print(format_status_table(rows, datetime.now(UTC)))
+    else:
+        print("no running connectors", file=sys.stderr)
+
+
+def _status_of_all(task_queue: str | None, timeout: float, as_json: bool) -> None:
+    async def main() -> None:
+        client = (await connect_client()).client
+        running = await control.list_connectors(client, task_queue=task_queue)
+        workspace_ids = [c.workspace_id for c in running]
+        _print_rows(await control.connector_rows(client, workspace_ids, timeout=timedelta(seconds=timeout)), as_json)
+
+    _run_async(main)
+
+
 @app.command()
 def status(
-    workspace_id: Annotated[str, typer.Argument(help="The workspace whose connector to query.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full status as JSON.")] = False,
+    workspace_id: Annotated[
+        str | None, typer.Argument(help="The workspace whose connector to query; all running ones when omitted.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full status as JSON (a list for all).")] = False,
+    task_queue: Annotated[
+        str | None, typer.Option("--task-queue", help="Without WORKSPACE_ID: only connectors on this task queue.")
+    ] = None,
+    timeout: QueryTimeoutOption = 5.0,
 ) -> None:
-    """Show a connector's phase, cursor, lanes, in-flight messages and dead letters (the ``status`` query)."""
+    """Show a connector's phase, cursor, lanes, in-flight messages and dead letters (the ``status`` query).
+
+    Without WORKSPACE_ID: every running connector (from Temporal visibility) as a table, queried concurrently.
+    """
+    if workspace_id is None:
+        _status_of_all(task_queue, timeout, as_json)
+        return
 
     async def main() -> None:
         connected = await connect_client()

@@ -6,9 +6,19 @@ Each function takes a connected ``temporalio.client.Client`` (with the pydantic 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -17,7 +27,7 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from worker.settings import SEARCH_ATTRIBUTE_WORKSPACE_ID, TASK_QUEUE, workflow_id
+from worker.settings import SEARCH_ATTRIBUTE_WORKSPACE_ID, TASK_QUEUE, WORKFLOW_ID_PREFIX, workflow_id
 from workflows.connect import ConnectWorkflow
 from workflows.messages import (
     ConfigureInput,
@@ -144,3 +154,129 @@ async def discard(client: Client, workspace_id: str, row_id: str | None) -> Dead
 async def configure(client: Client, workspace_id: str, changes: dict[str, object]) -> StatusResult:
     """``configure`` update with ``ConnectSettings`` field changes. Raises ``ConnectorError`` on a bad value."""
     return await _update(client, workspace_id, ConnectWorkflow.configure, ConfigureInput(changes=changes))
+
+
+# --- many connectors: visibility listing and concurrent status queries ----------------------------------------------
+
+STATUS_QUERY_TIMEOUT = timedelta(seconds=5)
+"""How long one ``status`` query may take in a fleet view before its row shows the error instead (no worker, ...)."""
+
+STATUS_QUERY_CONCURRENCY = 16
+"""Status queries in flight at once when querying many connectors: enough to hide latency, gentle on the frontend."""
+
+RUNNING_CONNECTORS_QUERY = 'WorkflowType = "ConnectWorkflow" AND ExecutionStatus = "Running"'
+"""Visibility list filter for running connectors (works on the dev server's SQLite visibility too)."""
+
+
+@dataclass(frozen=True)
+class RunningConnector:
+    """A running ``ConnectWorkflow`` as visibility lists it.
+
+    Attributes:
+        workspace_id: From the ``WorkspaceId`` search attribute, else the workflow id without ``connect-``.
+        task_queue: Where its workers listen.
+    """
+
+    workspace_id: str
+    task_queue: str
+
+
+@dataclass(frozen=True)
+class ConnectorRow:
+    """One connector in a fleet view: its ``status``, or why the query failed (then ``status`` is None).
+
+    Attributes:
+        workspace_id: The workspace.
+        status: The ``status`` query's answer, or None when it failed.
+        error: One line: why there is no status (not found, timed out, query failed).
+    """
+
+    workspace_id: str
+    status: StatusResult | None
+    error: str | None = None
+
+
+async def list_connectors(client: Client, *, task_queue: str | None = None) -> list[RunningConnector]:
+    """List running connectors from Temporal visibility, sorted by workspace id.
+
+    Visibility is eventually consistent: a connector started a moment ago may be missing on a real cluster.
+
+    Args:
+        client: Connected client.
+        task_queue: Only connectors on this task queue (``TaskQueue = "..."``); all when None.
+
+    Returns:
+        One entry per running ``connect-*`` workflow.
+
+    Raises:
+        ConnectorError: The server refused the list query (e.g. no advanced visibility on an old cluster).
+    """
+    query = RUNNING_CONNECTORS_QUERY
+    if task_queue:
+        query += f' AND TaskQueue = "{_visibility_literal(task_queue)}"'
+    found: list[RunningConnector] = []
+    try:
+        async for execution in client.list_workflows(query):
+            workspace_id = execution.typed_search_attributes.get(SEARCH_ATTRIBUTE_WORKSPACE_ID)
+            if not workspace_id:
+                workspace_id = execution.id.removeprefix(WORKFLOW_ID_PREFIX)
+            found.append(RunningConnector(workspace_id=workspace_id, task_queue=execution.task_queue))
+    except RPCError as err:
+        raise ConnectorError(f"cannot list connectors ({query}): {err.message}") from None
+    return sorted(found, key=lambda c: c.workspace_id)
+
+
+def _visibility_literal(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+async def query_status(client: Client, workspace_id: str, *, timeout: timedelta = STATUS_QUERY_TIMEOUT) -> StatusResult:
+    """Query ``status`` of a workspace's connector, giving up after ``timeout``.
+
+    Raises:
+        ConnectorError: No such workflow, no worker answered within ``timeout``, or the query failed.
+    """
+    handle = client.get_workflow_handle_for(ConnectWorkflow.run, workflow_id(workspace_id))
+    try:
+        return await handle.query(ConnectWorkflow.status, rpc_timeout=timeout)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise _not_found(workspace_id) from None
+        # A client-side rpc_timeout surfaces as CANCELLED "Timeout expired", the server's as DEADLINE_EXCEEDED.
+        if err.status == RPCStatusCode.DEADLINE_EXCEEDED or "timeout expired" in err.message.lower():
+            raise ConnectorError(
+                f"no answer within {timeout.total_seconds():g}s: is a worker running on its task queue?"
+            ) from None
+        raise ConnectorError(f"status query failed: {err.message}") from None
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
+        raise ConnectorError(f"status query failed: {err}") from None
+
+
+async def connector_rows(
+    client: Client,
+    workspace_ids: Sequence[str],
+    *,
+    timeout: timedelta = STATUS_QUERY_TIMEOUT,
+    concurrency: int = STATUS_QUERY_CONCURRENCY,
+) -> list[ConnectorRow]:
+    """Query ``status`` of many connectors concurrently; a failed query becomes a row with its error.
+
+    Args:
+        client: Connected client.
+        workspace_ids: The workspaces, in the order the rows should have.
+        timeout: Limit of each query.
+        concurrency: Queries in flight at once.
+
+    Returns:
+        One row per workspace id, in the given order.
+    """
+    limit = asyncio.Semaphore(concurrency)
+
+    async def row(workspace_id: str) -> ConnectorRow:
+        async with limit:
+            try:
+                return ConnectorRow(workspace_id, await query_status(client, workspace_id, timeout=timeout))
+            except ConnectorError as err:
+                return ConnectorRow(workspace_id, None, str(err))
+
+    return list(await asyncio.gather(*(row(w) for w in workspace_ids)))

@@ -182,7 +182,7 @@ async def test_status_unknown_workspace_exits_2_one_line(clean_env, temporal_env
 
 @pytest.mark.parametrize(
     "args",
-    [["frobnicate"], ["run", "ws-1", "--bogus"], ["status"], ["dev-platform", "--nope"], ["run", "ws-1", "-o"]],
+    [["frobnicate"], ["run", "ws-1", "--bogus"], ["pause"], ["dev-platform", "--nope"], ["run", "ws-1", "-o"]],
     ids=["unknown-command", "unknown-option", "missing-argument", "unknown-subgroup-option", "option-missing-value"],
 )
 def test_cli_usage_error_exits_2_one_line(args: list[str], clean_env, capsys) -> None:
