@@ -1,7 +1,8 @@
 """The ``molecule-connect`` command line (Typer).
 
 Commands: ``run`` (worker + ensured connector), ``worker``, ``start``, ``status``, the control plane (``pause``,
-``resume``, ``drain``, ``cursor``, ``dead-letters``, ``configure``), replay debugging (``replay``, ``history export``),
+``resume``, ``drain``, ``cursor``, ``dead-letters``, ``configure``), fleets (``fleet apply``, ``fleet status``),
+replay debugging (``replay``, ``history export``),
 ``dev-platform`` (with ``create-workspace``) and ``demo``.
 
 ``backends`` lists the backends this worker can run, plugins included, with their options.
@@ -571,6 +572,76 @@ def configure(
         except orjson.JSONDecodeError:
             changes[key] = value
     _control(lambda c: control.configure(c, workspace_id, changes))
+
+
+fleet_app = typer.Typer(
+    help="Fleets: many connectors declared in one TOML file, applied idempotently.", no_args_is_help=True
+)
+app.add_typer(fleet_app, name="fleet")
+
+FleetFileArg = Annotated[Path, typer.Argument(help="Fleet file: TOML with [defaults] and [[workspace]] tables.")]
+
+
+def _load_fleet(path: Path) -> Any:
+    from worker.fleet import FleetFileError, load_fleet
+
+    try:
+        return load_fleet(path)
+    except FleetFileError as err:
+        raise UsageProblem(str(err)) from None
+
+
+@fleet_app.command("apply")
+def fleet_apply(
+    file: FleetFileArg,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Drain running connectors on the task queue that FILE does not list.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    task_queue: TaskQueueOption = TASK_QUEUE,
+    timeout: QueryTimeoutOption = 5.0,
+) -> None:
+    """Start missing connectors and configure changed ones, one line per workspace (idempotent).
+
+    Exits 1 when a workspace could not be read or changed, or needs a restart (backend or platform URL changed).
+    """
+    from worker import fleet
+
+    loaded = _load_fleet(file)
+
+    async def main() -> int:
+        try:
+            await fleet.check_backends(loaded)
+        except fleet.FleetFileError as err:
+            raise UsageProblem(str(err)) from None
+        client = (await connect_client()).client
+        steps = await fleet.plan(client, loaded, task_queue=task_queue, prune=prune, timeout=timedelta(seconds=timeout))
+        outcomes = [None] * len(steps) if dry_run else await fleet.apply(client, steps, task_queue=task_queue)
+        for step, error in zip(steps, outcomes, strict=True):
+            print(step.describe() + (f": failed: {error}" if error else ""))
+        if dry_run:
+            print("dry run: nothing changed", file=sys.stderr)
+        return sum(1 for step, error in zip(steps, outcomes, strict=True) if error or step.kind in ("error", "restart"))
+
+    if asyncio.run(main()):
+        raise SystemExit(1)
+
+
+@fleet_app.command("status")
+def fleet_status(
+    file: FleetFileArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    timeout: QueryTimeoutOption = 5.0,
+) -> None:
+    """Show the connector table for the workspaces FILE lists (one status query each, concurrently)."""
+    loaded = _load_fleet(file)
+
+    async def main() -> None:
+        client = (await connect_client()).client
+        rows = await control.connector_rows(client, loaded.workspace_ids, timeout=timedelta(seconds=timeout))
+        _print_rows(rows, as_json)
+
+    _run_async(main)
 
 
 @app.command("replay")

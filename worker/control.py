@@ -14,6 +14,7 @@ from typing import Any
 
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
@@ -280,3 +281,56 @@ async def connector_rows(
                 return ConnectorRow(workspace_id, None, str(err))
 
     return list(await asyncio.gather(*(row(w) for w in workspace_ids)))
+
+
+@dataclass(frozen=True)
+class ConnectorSnapshot:
+    """A running connector's fixed fields and status, for comparing it with a desired ``ConnectInput``.
+
+    Attributes:
+        task_queue: Where it runs.
+        input: The run's start input (its backend with options: ``status`` names the backend only); None when
+            the first history event cannot be read. Continue-as-new carries the backend unchanged.
+        status: The ``status`` query's answer (current settings included).
+    """
+
+    task_queue: str
+    input: ConnectInput | None
+    status: StatusResult
+
+
+async def running_connector(
+    client: Client, workspace_id: str, *, timeout: timedelta = STATUS_QUERY_TIMEOUT
+) -> ConnectorSnapshot | None:
+    """Describe a workspace's connector: None when none is running, else its snapshot.
+
+    Raises:
+        ConnectorError: It runs but cannot be described or queried within ``timeout`` (e.g. no worker).
+    """
+    handle = client.get_workflow_handle(workflow_id(workspace_id))
+    try:
+        description = await handle.describe(rpc_timeout=timeout)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise ConnectorError(f"describe {workflow_id(workspace_id)} failed: {err.message}") from None
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        return None
+    status = await query_status(client, workspace_id, timeout=timeout)
+    return ConnectorSnapshot(
+        task_queue=description.task_queue or "",
+        input=await _start_input(client, workspace_id, description.run_id, timeout),
+        status=status,
+    )
+
+
+async def _start_input(client: Client, workspace_id: str, run_id: str, timeout: timedelta) -> ConnectInput | None:
+    handle = client.get_workflow_handle(workflow_id(workspace_id), run_id=run_id)
+    try:
+        async for event in handle.fetch_history_events(page_size=1, rpc_timeout=timeout):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            decoded = await client.data_converter.decode(payloads, [ConnectInput])
+            return decoded[0] if decoded and isinstance(decoded[0], ConnectInput) else None
+    except (RPCError, ValueError, TypeError):
+        return None  # the caller falls back to the backend name in ``status``
+    return None
