@@ -43,6 +43,7 @@ from activities.probe import PlatformProbeError, probe_platform
 from worker import control
 from worker.codec import CodecError, data_converter
 from worker.control import ConnectorError, connector_status, start_connector
+from worker.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, announce, configure_logging
 from worker.secrets import TokenError, TokenStore
 from worker.settings import TASK_QUEUE, workflow_id
 from worker.temporal import ConnectedClient, TemporalConnectError
@@ -111,6 +112,12 @@ RequestBurstOption = Annotated[
 ]
 StartFromOption = Annotated[
     str, typer.Option("--start-from", help="Cold start: 'latest' (deliver nothing old) or 'backlog' (oldest first).")
+]
+LogFormatOption = Annotated[
+    str, typer.Option("--log-format", envvar=LOG_FORMAT_ENV, help="Log lines as 'text' or 'json' (one object a line).")
+]
+LogLevelOption = Annotated[
+    str, typer.Option("--log-level", envvar=LOG_LEVEL_ENV, help="DEBUG, INFO, WARNING or ERROR.")
 ]
 QueryTimeoutOption = Annotated[
     float, typer.Option("--timeout", help="Seconds each connector's status query may take.", min=0.1)
@@ -203,17 +210,17 @@ async def _until_signalled(what: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"{what}; press Ctrl-C to stop the worker (connectors keep their state in Temporal)", file=sys.stderr)
+    announce(f"{what}; press Ctrl-C to stop the worker (connectors keep their state in Temporal)")
     await stop.wait()
 
     def exit_now() -> None:
         # Nothing is lost: Temporal times out this worker's activities and runs them elsewhere.
-        print("second signal: exiting now", file=sys.stderr)
+        announce("second signal: exiting now")
         os._exit(130)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, exit_now)
-    print("stopping: no new polls; in-flight dispatches may finish (signal again to exit now)...", file=sys.stderr)
+    announce("stopping: no new polls; in-flight dispatches may finish (signal again to exit now)...")
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,7 @@ async def _serve(
 
     runtime = metrics_runtime(metrics_port) if metrics_port else None
     if metrics_port:
-        print(f"Prometheus metrics on http://0.0.0.0:{metrics_port}/metrics", file=sys.stderr)
+        announce(f"Prometheus metrics on http://0.0.0.0:{metrics_port}/metrics")
     connected = await connect_client(runtime=runtime)
     _print_ui(connected.ui_url)
     async with running_worker(
@@ -250,12 +257,19 @@ async def _serve(
         request_burst=budget.burst,
     ):
         await _until_signalled(await started(connected.client))
-    print("worker stopped", file=sys.stderr)
+    announce("worker stopped")
 
 
 def _print_ui(ui_url: str | None) -> None:
     if ui_url:
-        print(f"Temporal Web UI: {ui_url}", file=sys.stderr)
+        announce(f"Temporal Web UI: {ui_url}")
+
+
+def _configure_logging(log_format: str, log_level: str) -> None:
+    try:
+        configure_logging(log_format, log_level)
+    except ValueError as err:
+        raise UsageProblem(str(err)) from None
 
 
 # --- commands ----------------------------------------------------------------------------------------------------
@@ -272,6 +286,8 @@ def run(
     task_queue: TaskQueueOption = TASK_QUEUE,
     shutdown_grace: ShutdownGraceOption = 30.0,
     metrics_port: MetricsPortOption = None,
+    log_format: LogFormatOption = "text",
+    log_level: LogLevelOption = "INFO",
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
     request_burst: RequestBurstOption = DEFAULT_BURST,
 ) -> None:
@@ -279,6 +295,7 @@ def run(
 
     The token comes from $MOLECULE_WORKSPACE_TOKEN or $MOLECULE_TOKENS_FILE, never from the command line.
     """
+    _configure_logging(log_format, log_level)
     input = _connect_input(workspace_id, platform_url, backend, option, start_from)
     tokens = _tokens_for(workspace_id)
     if not no_probe:
@@ -297,10 +314,13 @@ def worker(
     task_queue: TaskQueueOption = TASK_QUEUE,
     shutdown_grace: ShutdownGraceOption = 30.0,
     metrics_port: MetricsPortOption = None,
+    log_format: LogFormatOption = "text",
+    log_level: LogLevelOption = "INFO",
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
     request_burst: RequestBurstOption = DEFAULT_BURST,
 ) -> None:
     """Run a worker only: it serves every connector on the task queue (fleets run many of these)."""
+    _configure_logging(log_format, log_level)
     tokens = _tokens_for(None)
 
     async def started(client: Client) -> str:
