@@ -1,0 +1,210 @@
+"""``python -m benchmarks <scenario> [options] [--out DIR]``: run one scenario (or ``all``) and write its report.
+
+Each scenario starts its own Temporal dev server, devplatform process and in-process worker, prints its figures
+table and writes ``<out>/<scenario>.json`` and ``<out>/<scenario>.md``. ``all`` runs the four scenarios in turn
+(the baseline runs inside ``latency`` and ``throughput``) and also writes ``<out>/summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from benchmarks import fleet, idle, latency, throughput
+from benchmarks.report import Result, figures_table, machine_line, write
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+
+SMOKE: dict[str, Any] = {
+    "latency": latency.LatencyParams(messages=5, warmup=1, poll_interval_s=0.2, fast_poll_interval_s=None),
+    "throughput": throughput.ThroughputParams(
+        workspaces=2, messages=5, conversations=2, runs=1, warmup=1, poll_interval_s=0.2
+    ),
+    "idle": idle.IdleParams(workspaces=2, minutes=10 / 60, settle_s=1.0, calibration_s=10.0),
+    "fleet": fleet.FleetParams(workspaces=5, poll_interval_s=0.5, hold_s=5.0, probes=1, status_every_s=2.0),
+}
+"""Tiny sizes: a check that every scenario runs end to end (CI smoke test, ``all --smoke``), not a measurement."""
+
+RUNNERS: dict[str, Callable[[Any], Coroutine[Any, Any, Result]]] = {
+    "latency": latency.run,
+    "throughput": throughput.run,
+    "idle": idle.run,
+    "fleet": fleet.run,
+}
+
+
+def _implementations(value: str) -> tuple[str, ...]:
+    if value == "both":
+        return latency.IMPLEMENTATIONS
+    if value not in latency.IMPLEMENTATIONS:
+        raise argparse.ArgumentTypeError(f"expected temporal, baseline or both, not {value!r}")
+    return (value,)
+
+
+def _option(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {value!r}")
+    return key, val
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmarks of molecule-connect-temporal against a plain asyncio loop (see benchmarks/RESULTS.md).",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for <scenario>.json/.md")
+    common.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the run with pyinstrument (main thread only; see RESULTS.md for py-spy) into --out",
+    )
+    sub = parser.add_subparsers(dest="scenario", required=True)
+
+    p = sub.add_parser("latency", parents=[common], help="one workspace, messages paced one at a time")
+    d = latency.LatencyParams()
+    p.add_argument("--messages", type=int, default=d.messages, help=f"measured messages (default {d.messages})")
+    p.add_argument("--warmup", type=int, default=d.warmup, help=f"unmeasured first messages (default {d.warmup})")
+    p.add_argument("--poll-interval", type=float, default=d.poll_interval_s, help="seconds (default 1)")
+    p.add_argument(
+        "--fast-poll-interval",
+        type=float,
+        default=d.fast_poll_interval_s,
+        help="second, short interval; 0 skips it (default 0.2)",
+    )
+    p.add_argument("--impl", type=_implementations, default=d.implementations, help="temporal, baseline or both")
+    p.add_argument("--no-jitter", action="store_true", help="send right after the previous reply")
+
+    p = sub.add_parser("throughput", parents=[common], help="W workspaces × M messages in one burst")
+    t = throughput.ThroughputParams()
+    p.add_argument("--workspaces", type=int, default=t.workspaces, help=f"default {t.workspaces}")
+    p.add_argument("--messages", type=int, default=t.messages, help=f"per workspace per run (default {t.messages})")
+    p.add_argument(
+        "--conversations", type=int, default=t.conversations, help=f"per workspace (default {t.conversations})"
+    )
+    p.add_argument("--runs", type=int, default=t.runs, help=f"measured bursts (default {t.runs})")
+    p.add_argument("--warmup", type=int, default=t.warmup, help="messages per workspace in the warm-up burst")
+    p.add_argument("--poll-interval", type=float, default=t.poll_interval_s, help="seconds (default 1)")
+    p.add_argument("--max-concurrency", type=int, default=t.max_concurrency, help="connector lanes (default 4)")
+    p.add_argument("--impl", type=_implementations, default=t.implementations, help="temporal, baseline or both")
+    p.add_argument("--backend", default=t.backend, help="backend name (default echo)")
+    p.add_argument("-o", "--backend-option", type=_option, action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("idle", parents=[common], help="N idle workspaces for T minutes: history, actions, requests")
+    i = idle.IdleParams()
+    p.add_argument("--workspaces", type=int, default=i.workspaces, help=f"default {i.workspaces}")
+    p.add_argument("--minutes", type=float, default=i.minutes, help=f"window length (default {i.minutes:g})")
+    p.add_argument("--poll-interval", type=float, default=i.poll_interval_s, help="seconds (default 1)")
+    p.add_argument("--poll-max-wait", type=float, default=i.poll_max_wait_s, help="seconds (default 600)")
+    p.add_argument("--heartbeat-run-for", type=float, default=i.heartbeat_run_for_s, help="seconds (default 3600)")
+    p.add_argument("--calibration", type=float, default=i.calibration_s, help="cycle calibration seconds; 0 skips")
+
+    p = sub.add_parser("fleet", parents=[common], help="K workspaces on one worker process")
+    f = fleet.FleetParams()
+    p.add_argument("--workspaces", type=int, default=f.workspaces, help=f"default {f.workspaces}")
+    p.add_argument("--poll-interval", type=float, default=f.poll_interval_s, help="seconds (default 10)")
+    p.add_argument("--hold", type=float, default=f.hold_s, help="seconds the fleet stays up (default 150)")
+    p.add_argument("--probes", type=int, default=f.probes, help="latency probes during the hold (default 5)")
+    p.add_argument("--status-every", type=float, default=f.status_every_s, help="status sweep period (default 30)")
+
+    p = sub.add_parser("all", parents=[common], help="every scenario with its defaults, then summary.md")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that everything runs, measures nothing")
+    return parser
+
+
+def params_from(args: argparse.Namespace) -> Any:
+    """The scenario's parameters from parsed arguments."""
+    if args.scenario == "latency":
+        return latency.LatencyParams(
+            messages=args.messages,
+            warmup=args.warmup,
+            poll_interval_s=args.poll_interval,
+            fast_poll_interval_s=args.fast_poll_interval or None,
+            implementations=args.impl,
+            jitter=not args.no_jitter,
+        )
+    if args.scenario == "throughput":
+        return throughput.ThroughputParams(
+            workspaces=args.workspaces,
+            messages=args.messages,
+            conversations=args.conversations,
+            runs=args.runs,
+            warmup=args.warmup,
+            poll_interval_s=args.poll_interval,
+            max_concurrency=args.max_concurrency,
+            implementations=args.impl,
+            backend=args.backend,
+            backend_options=dict(args.backend_option),
+        )
+    if args.scenario == "idle":
+        return idle.IdleParams(
+            workspaces=args.workspaces,
+            minutes=args.minutes,
+            poll_interval_s=args.poll_interval,
+            poll_max_wait_s=args.poll_max_wait,
+            heartbeat_run_for_s=args.heartbeat_run_for,
+            calibration_s=args.calibration,
+        )
+    if args.scenario == "fleet":
+        return fleet.FleetParams(
+            workspaces=args.workspaces,
+            poll_interval_s=args.poll_interval,
+            hold_s=args.hold,
+            probes=args.probes,
+            status_every_s=args.status_every,
+        )
+    raise ValueError(args.scenario)
+
+
+async def run_scenario(name: str, params: Any, out: Path) -> Result:
+    """Run one scenario, write its report into ``out`` and print its table."""
+    result = await RUNNERS[name](params)
+    json_path, md_path = write(result, out)
+    print(figures_table([result]))
+    print(f"\nwrote {json_path} and {md_path}")
+    return result
+
+
+async def _main(args: argparse.Namespace) -> None:
+    if args.scenario != "all":
+        await run_scenario(args.scenario, params_from(args), args.out)
+        return
+    results = []
+    for name in RUNNERS:
+        params = SMOKE[name] if args.smoke else type(SMOKE[name])()
+        results.append(await run_scenario(name, params, args.out))
+    summary = args.out / "summary.md"
+    summary.write_text(f"# Benchmarks\n\n- Machine: {machine_line(results[0].machine)}\n\n{figures_table(results)}\n")
+    print(f"wrote {summary}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    if not args.profile:
+        asyncio.run(_main(args))
+        return
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        sys.exit("--profile needs pyinstrument: .venv/bin/pip install pyinstrument")
+    profiler = Profiler(async_mode="disabled")
+    profiler.start()
+    try:
+        asyncio.run(_main(args))
+    finally:
+        profiler.stop()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.scenario}.profile.txt").write_text(profiler.output_text(unicode=True, show_all=False))
+        (args.out / f"{args.scenario}.profile.html").write_text(profiler.output_html())
+        print(f"wrote {args.out / f'{args.scenario}.profile.txt'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""One benchmark's world: a Temporal dev server, a devplatform process, workspaces, and a connector worker.
+
+Everything is started fresh for each scenario and torn down after it, so no scenario sees another's
+workflows, rows or counters. The dev server is the ``temporal`` binary the connector itself embeds
+(:func:`worker.devserver.find_temporal_binary`), in memory, with its Prometheus endpoint on a free port so the
+server's own ``action`` counter (the Temporal Cloud billable-action estimate) can be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.messages import BackendSpec
+from benchmarks.machine import child_pids, machine_facts
+from benchmarks.platform_process import PlatformProcess
+from devplatform.client import AsyncPlatformAdmin, CreatedWorkspace
+from worker.assemble import running_worker
+from worker.control import start_connector
+from worker.devserver import find_temporal_binary
+from worker.settings import SEARCH_ATTRIBUTE_PHASE, SEARCH_ATTRIBUTE_WORKSPACE_ID
+from workflows.messages import ConnectInput, ConnectSettings
+
+T = TypeVar("T")
+
+SHUTDOWN_GRACE = timedelta(seconds=5)
+"""The worker's graceful shutdown at the end of a scenario (poll and heartbeat duties return at once anyway)."""
+
+_METRIC_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def gather_limited(items: Iterable[T], func: Callable[[T], Awaitable[Any]], *, limit: int = 16) -> list[Any]:
+    """``func`` over ``items`` with at most ``limit`` in flight; results in order."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(item: T) -> Any:
+        async with semaphore:
+            return await func(item)
+
+    return await asyncio.gather(*(one(item) for item in items))
+
+
+@dataclass
+class Stack:
+    """A running Temporal dev server and devplatform, and the workspaces made on it."""
+
+    env: WorkflowEnvironment
+    platform: PlatformProcess
+    temporal_pid: int | None
+    metrics_url: str
+    sdk_metrics_url: str
+    machine: dict[str, Any]
+    task_queue: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def client(self) -> Client:
+        """Temporal client (pydantic data converter)."""
+        return self.env.client
+
+    @property
+    def admin(self) -> AsyncPlatformAdmin:
+        """The platform's admin client."""
+        assert self.platform.admin is not None
+        return self.platform.admin
+
+    def token_for(self, workspace_id: str) -> str:
+        """Token lookup for the worker: the tokens of workspaces made by :meth:`workspaces`."""
+        try:
+            return self.tokens[workspace_id]
+        except KeyError:
+            raise LookupError(f"no token for workspace {workspace_id}") from None
+
+    async def workspaces(self, prefix: str, count: int) -> list[CreatedWorkspace]:
+        """Create ``count`` external workspaces named ``<prefix>-<i>`` and remember their tokens."""
+
+        async def create(index: int) -> CreatedWorkspace:
+            created = await self.admin.create_workspace(f"{prefix}-{index}")
+            assert created.token is not None
+            self.tokens[created.id] = created.token
+            return created
+
+        return await gather_limited(range(count), create, limit=16)
+
+    @contextlib.asynccontextmanager
+    async def worker(
+        self, *, max_concurrent_activities: int = 200, request_budget_per_min: float = 0.0
+    ) -> AsyncIterator[Worker]:
+        """The connector worker (``worker.assemble.running_worker``) in this process, on this stack's task queue.
+
+        Args:
+            max_concurrent_activities: Activity slots (two per workspace for its duties, plus dispatches).
+            request_budget_per_min: The worker's platform request budget (``activities.budget``). ``0`` (unlimited)
+                by default: the benchmark platform has no rate limit, and the baseline has no budget either.
+        """
+        async with running_worker(
+            self.client,
+            task_queue=self.task_queue,
+            token_for=self.token_for,
+            max_concurrent_activities=max_concurrent_activities,
+            graceful_shutdown=SHUTDOWN_GRACE,
+            request_budget_per_min=request_budget_per_min,
+        ) as worker:
+            yield worker
+
+    def connect_input(
+        self, workspace: CreatedWorkspace, settings: dict[str, Any], backend: BackendSpec | None = None
+    ) -> ConnectInput:
+        """``ConnectInput`` for a workspace on this platform."""
+        return ConnectInput(
+            workspace_id=workspace.id,
+            platform_url=self.platform.url,
+            backend=backend or BackendSpec(),
+            settings=ConnectSettings(**settings),
+        )
+
+    async def start_connectors(
+        self,
+        workspaces: list[CreatedWorkspace],
+        settings: dict[str, Any],
+        backend: BackendSpec | None = None,
+        *,
+        concurrency: int = 16,
+    ) -> list[WorkflowHandle[Any, Any]]:
+        """Start one ``ConnectWorkflow`` per workspace (``worker.control.start_connector``)."""
+
+        async def start(workspace: CreatedWorkspace) -> WorkflowHandle[Any, Any]:
+            connect_input = self.connect_input(workspace, settings, backend)
+            return await start_connector(self.client, connect_input, task_queue=self.task_queue)
+
+        return await gather_limited(workspaces, start, limit=concurrency)
+
+    async def wait_polling(self, workspace_ids: list[str], *, after: float, timeout_s: float = 300.0) -> float:
+        """Wait until every workspace's inbox was read since ``after`` (its cold start is done); return when.
+
+        A message sent after a workspace's first inbox read is delivered (cold start ``latest`` seeds at the newest
+        row then), so this is the moment a connector is ready, for the Temporal connector and the baseline alike.
+        """
+        deadline = time.monotonic() + timeout_s
+        pending = set(workspace_ids)
+        while pending:
+            ready = set()
+            for workspace_id in list(pending)[:200]:
+                reads = await self.platform.inbox_reads(workspace_id)
+                if any(end >= after for _, end, _ in reads):
+                    ready.add(workspace_id)
+            pending -= ready
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} workspace(s) never polled their inbox within {timeout_s}s")
+            await asyncio.sleep(0.2)
+        return time.time()
+
+    async def wait_replies(self, peer_id: str, expected: int, *, timeout_s: float, interval_s: float = 0.01) -> float:
+        """Wait until ``expected`` messages were accepted for ``peer_id`` (our replies to it); return the time."""
+        deadline = time.monotonic() + timeout_s
+        while (count := await self.platform.replies(peer_id)) < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count}/{expected} replies to {peer_id} after {timeout_s}s")
+            await asyncio.sleep(interval_s)
+        return time.time()
+
+    async def server_metrics(self) -> dict[str, float]:
+        """The dev server's ``action`` counter (namespace ``default``) by ``action_type``.
+
+        Also its frontend requests by ``operation``, as ``requests:<operation>`` keys.
+        """
+        totals: dict[str, float] = defaultdict(float)
+        for name, labels, value in await scrape(self.metrics_url):
+            if labels.get("namespace") != "default":
+                continue
+            if name == "action":
+                totals[labels.get("action_type", "?")] += value
+            elif name == "service_requests" and labels.get("service_name", "frontend") == "frontend":
+                totals[f"requests:{labels.get('operation', '?')}"] += value
+        return dict(totals)
+
+    async def sdk_metrics(self) -> dict[str, float]:
+        """The worker's SDK metrics, summed over labels.
+
+        Counters and gauges by name; histograms as ``<name>_sum`` and ``<name>_count`` (latencies in milliseconds).
+        """
+        totals: dict[str, float] = defaultdict(float)
+        for name, _labels, value in await scrape(self.sdk_metrics_url):
+            if name.endswith("_bucket") or not name.startswith("temporal_"):
+                continue
+            totals[name] += value
+        return dict(totals)
+
+
+async def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """``(name, labels, value)`` of every sample on a Prometheus text endpoint."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        text = (await http.get(url)).text
+    samples = []
+    for line in text.splitlines():
+        match = _METRIC_LINE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        samples.append((match["name"], dict(_LABEL.findall(match["labels"] or "")), value))
+    return samples
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    *, stale_after_s: float | None = None, sweep_every_s: float | None = None
+) -> AsyncIterator[Stack]:
+    """Start a Temporal dev server (in memory, search attributes registered) and a devplatform process.
+
+    Args:
+        stale_after_s: Platform stale window override (``None``: 90 s, production).
+        sweep_every_s: Platform sweep period override (``None``: 15 s, production).
+    """
+    binary = find_temporal_binary()
+    metrics_port, sdk_metrics_port = _free_port(), _free_port()
+    # The worker's own metrics (task latencies, slots): the client's runtime serves them, and the worker uses it.
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{sdk_metrics_port}")))
+    before = set(child_pids("temporal"))
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(binary),
+        data_converter=pydantic_data_converter,
+        search_attributes=[SEARCH_ATTRIBUTE_WORKSPACE_ID, SEARCH_ATTRIBUTE_PHASE],
+        dev_server_log_level="error",
+        dev_server_extra_args=["--metrics-port", str(metrics_port), "--headless"],
+        runtime=runtime,
+    )
+    try:
+        started = sorted(set(child_pids("temporal")) - before)
+        with tempfile.TemporaryDirectory(prefix="bench-platform-") as tmp:
+            async with PlatformProcess(
+                Path(tmp) / "platform.db", stale_after_s=stale_after_s, sweep_every_s=sweep_every_s
+            ) as platform:
+                yield Stack(
+                    env=env,
+                    platform=platform,
+                    temporal_pid=started[0] if started else None,
+                    metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+                    sdk_metrics_url=f"http://127.0.0.1:{sdk_metrics_port}/metrics",
+                    machine=machine_facts(binary),
+                )
+    finally:
+        await env.shutdown()

@@ -1,0 +1,71 @@
+"""Every benchmark scenario runs end to end at a tiny size and reports its keys. Never asserts on timing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from benchmarks.__main__ import SMOKE, build_parser, params_from, run_scenario
+from benchmarks.report import Result
+
+pytestmark = pytest.mark.timeout(120)
+
+MACHINE_KEYS = {"cpu_count", "python", "temporalio", "temporal_server", "commit"}
+
+
+def _check(result: Result, out: Path, *, figures: set[str]) -> dict:
+    data = orjson.loads((out / f"{result.scenario}.json").read_bytes())
+    assert MACHINE_KEYS <= set(data["machine"])
+    assert {"scenario", "params", "figures", "details", "wall_s"} <= set(data)
+    names = {f["name"] for f in data["figures"]}
+    assert figures <= names, figures - names
+    assert (out / f"{result.scenario}.md").read_text().startswith(f"# Benchmark: {result.scenario}")
+    return data
+
+
+async def test_latency_smoke_run_reports_both_implementations(tmp_path: Path) -> None:
+    result = await run_scenario("latency", SMOKE["latency"], tmp_path)
+    data = _check(result, tmp_path, figures={"latency p50 (poll 0.2 s)", "overhead beyond poll wait p50 (poll 0.2 s)"})
+    runs = data["details"]["runs"]
+    assert {r["implementation"] for r in runs} == {"temporal", "baseline"}
+    assert all(r["latency_ms"]["n"] == SMOKE["latency"].messages for r in runs)
+
+
+async def test_throughput_smoke_run_replies_to_every_message(tmp_path: Path) -> None:
+    result = await run_scenario("throughput", SMOKE["throughput"], tmp_path)
+    data = _check(result, tmp_path, figures={"throughput (median of runs)", "worker process CPU per message"})
+    params = SMOKE["throughput"]
+    for implementation in ("temporal", "baseline"):
+        (run,) = data["details"]["implementations"][implementation]["runs"]
+        assert run["messages"] == params.workspaces * params.messages
+
+
+async def test_idle_smoke_run_counts_history_and_requests(tmp_path: Path) -> None:
+    result = await run_scenario("idle", SMOKE["idle"], tmp_path)
+    data = _check(
+        result,
+        tmp_path,
+        figures={"history events per workspace-hour, steady state", "platform inbox reads per workspace-minute"},
+    )
+    assert data["details"]["calibration"]["cycles"] > 0
+    assert "events_in_window" in data["details"]
+
+
+async def test_fleet_smoke_run_brings_every_workspace_online(tmp_path: Path) -> None:
+    result = await run_scenario("fleet", SMOKE["fleet"], tmp_path)
+    data = _check(result, tmp_path, figures={"time to all registered (online)", "heartbeat gap max"})
+    assert data["details"]["status_sweeps"][0].get("online") == SMOKE["fleet"].workspaces
+    assert data["details"]["probe"]["latency_ms"]["n"] == SMOKE["fleet"].probes
+
+
+def test_cli_help_and_params_parse() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["throughput", "--workspaces", "3", "--impl", "baseline", "-o", "template=x {text}"])
+    params = params_from(args)
+    assert params.workspaces == 3
+    assert params.implementations == ("baseline",)
+    assert params.backend_options == {"template": "x {text}"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["latency", "--help"])
