@@ -25,7 +25,9 @@ SMOKE: dict[str, Any] = {
         workspaces=2, messages=5, conversations=2, runs=1, warmup=1, poll_interval_s=0.2
     ),
     "idle": idle.IdleParams(workspaces=2, minutes=10 / 60, settle_s=1.0, calibration_s=10.0),
-    "fleet": fleet.FleetParams(workspaces=5, poll_interval_s=0.5, hold_s=5.0, probes=1, status_every_s=2.0),
+    "fleet": fleet.FleetParams(
+        workspaces=5, poll_interval_s=0.5, settle_s=1.0, hold_s=5.0, probes=1, status_every_s=2.0
+    ),
 }
 """Tiny sizes: a check that every scenario runs end to end (CI smoke test, ``all --smoke``), not a measurement."""
 
@@ -108,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fleet", parents=[common], help="K workspaces on one worker process")
     f = fleet.FleetParams()
     p.add_argument("--workspaces", type=int, default=f.workspaces, help=f"default {f.workspaces}")
-    p.add_argument("--poll-interval", type=float, default=f.poll_interval_s, help="seconds (default 10)")
-    p.add_argument("--hold", type=float, default=f.hold_s, help="seconds the fleet stays up (default 150)")
+    p.add_argument("--poll-interval", type=float, default=f.poll_interval_s, help="seconds (default 1)")
+    p.add_argument("--settle", type=float, default=f.settle_s, help="seconds after online before the hold (90)")
+    p.add_argument("--hold", type=float, default=f.hold_s, help="seconds the settled fleet is held (default 150)")
     p.add_argument("--probes", type=int, default=f.probes, help="latency probes during the hold (default 5)")
     p.add_argument("--status-every", type=float, default=f.status_every_s, help="status sweep period (default 30)")
 
@@ -155,6 +158,7 @@ def params_from(args: argparse.Namespace) -> Any:
         return fleet.FleetParams(
             workspaces=args.workspaces,
             poll_interval_s=args.poll_interval,
+            settle_s=args.settle,
             hold_s=args.hold,
             probes=args.probes,
             status_every_s=args.status_every,
