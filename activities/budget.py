@@ -9,9 +9,12 @@ Contract of :class:`RequestBudget`:
 
 - Rate and burst: tokens refill at ``per_minute / 60`` per second up to ``burst``; one request takes one token, so
   in any window of ``T`` seconds at most ``burst + T * per_minute / 60`` requests start.
-- Heartbeats first: a ``priority`` request (``POST /registry/heartbeat``) never waits behind a queued ordinary one.
-  Ordinary requests also leave ``reserve`` tokens in the bucket, so a heartbeat normally finds a token at once
-  even while polls and replies use the whole budget; the next token goes to a waiting heartbeat first.
+- Classes (:class:`Priority`): a waiting heartbeat gets the next token before any other request, and a waiting
+  reply or register before any inbox read. Inbox reads also leave ``reserve`` tokens in the bucket, so heartbeats
+  and replies normally find a token at once even while reads use the whole budget. Reads come last because they
+  are the elastic part: a read that waits only lengthens the poll interval, while a reply that waits holds
+  delivered work (a worker killed meanwhile leaves it to its activity timeout), and replies cannot starve reads for
+  long, as they only come from what reads delivered.
 - Fair: within a class, requests are served in arrival order. A cancelled waiter leaves the queue, and a token
   handed to a waiter cancelled before it could use it goes back into the bucket.
 - ``per_minute <= 0`` means unlimited: nothing ever waits.
@@ -20,6 +23,7 @@ Contract of :class:`RequestBudget`:
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -42,6 +46,17 @@ latency of the first message after a quiet spell."""
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class Priority(enum.IntEnum):
+    """Request classes of the budget, served in this order (lower first) when requests wait."""
+
+    HEARTBEAT = 0
+    """``POST /registry/heartbeat``: liveness."""
+    WORK = 1
+    """Register and replies: finishing work already taken on."""
+    POLL = 2
+    """Inbox reads: the elastic part of the traffic; they leave the reserve to the others."""
 
 
 def next_poll_interval(base_s: float, previous_s: float, quiet_s: float) -> float:
@@ -70,7 +85,7 @@ class RequestBudget:
     Args:
         per_minute: Sustained requests per minute; ``<= 0`` disables the budget.
         burst: Bucket size (at least 1): requests that may start at once after a quiet spell.
-        reserve: Tokens ordinary requests leave for heartbeats; default ``burst // 10`` (at least 1 when
+        reserve: Tokens inbox reads leave for heartbeats and replies; default ``burst // 10`` (at least 1 when
             ``burst > 1``).
         clock: Monotonic seconds (injectable for tests).
         sleep: ``asyncio.sleep`` (injectable for tests, together with ``clock``).
@@ -101,8 +116,7 @@ class RequestBudget:
         self._sleep = sleep
         self._tokens = float(burst)
         self._updated = clock()
-        self._priority: deque[asyncio.Future[None]] = deque()
-        self._ordinary: deque[asyncio.Future[None]] = deque()
+        self._queues: tuple[deque[asyncio.Future[None]], ...] = tuple(deque() for _ in Priority)
         self._timer: asyncio.Task[None] | None = None
         self._timer_due = 0.0
         self.granted = 0
@@ -118,9 +132,9 @@ class RequestBudget:
     @property
     def waiting(self) -> int:
         """Requests currently waiting for a token."""
-        return sum(not t.done() for t in self._priority) + sum(not t.done() for t in self._ordinary)
+        return sum(not t.done() for queue in self._queues for t in queue)
 
-    def try_acquire(self, *, priority: bool = False) -> bool:
+    def try_acquire(self, priority: Priority = Priority.WORK) -> bool:
         """Take a token if one is available to this class right now, without waiting.
 
         Returns:
@@ -130,30 +144,23 @@ class RequestBudget:
             self.granted += 1
             return True
         self._refill()
-        if priority:
-            ok = not self._priority and self._tokens >= 1.0
-        else:
-            ok = not self._priority and not self._ordinary and self._tokens >= 1.0 + self.reserve
+        ok = not any(self._queues[: priority + 1]) and self._tokens >= self._need(priority)
         if ok:
             self._tokens -= 1.0
             self.granted += 1
         return ok
 
-    async def acquire(self, *, priority: bool = False) -> None:
-        """Wait for a token (FIFO within the class; heartbeats before everything else).
-
-        Args:
-            priority: ``True`` for heartbeats: served before any waiting ordinary request, and allowed to use the
-                reserve.
+    async def acquire(self, priority: Priority = Priority.WORK) -> None:
+        """Wait for a token: FIFO within the class, classes in :class:`Priority` order.
 
         Raises:
             asyncio.CancelledError: The caller was cancelled while waiting; the token, if already handed over,
                 goes back into the bucket.
         """
-        if self.try_acquire(priority=priority):
+        if self.try_acquire(priority):
             return
         ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        (self._priority if priority else self._ordinary).append(ticket)
+        self._queues[priority].append(ticket)
         self.queued += 1
         self._dispatch()
         try:
@@ -166,6 +173,9 @@ class RequestBudget:
             self._dispatch()
             raise
 
+    def _need(self, priority: Priority) -> float:
+        return 1.0 + self.reserve if priority == Priority.POLL else 1.0
+
     def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self._rate)
@@ -175,13 +185,14 @@ class RequestBudget:
         """Hand tokens to waiters in order; arm the timer for the next token when some must still wait."""
         self._refill()
         while True:
-            queue = self._priority if self._priority else self._ordinary
-            if not queue:
+            priority = next((p for p in Priority if self._queues[p]), None)
+            if priority is None:
                 return
+            queue = self._queues[priority]
             if queue[0].done():  # cancelled while waiting
                 queue.popleft()
                 continue
-            need = 1.0 if queue is self._priority else 1.0 + self.reserve
+            need = self._need(priority)
             # The epsilon absorbs float error after sleeping exactly the computed delay.
             if self._tokens + 1e-9 < need:
                 self._arm((need - self._tokens) / self._rate)
@@ -195,7 +206,7 @@ class RequestBudget:
         if self._timer is not None and not self._timer.done():
             if self._timer_due <= due:
                 return
-            # A heartbeat arrived behind an ordinary request that needed more tokens: wake sooner.
+            # A heartbeat or reply arrived behind reads that need more tokens (the reserve): wake sooner.
             self._timer.cancel()
         self._timer_due = due
         self._timer = asyncio.get_running_loop().create_task(self._wake(delay))

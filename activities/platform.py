@@ -27,7 +27,7 @@ from activities.a2a import (
     parse_inbound,
     reply_message_id,
 )
-from activities.budget import RequestBudgets, next_poll_interval
+from activities.budget import Priority, RequestBudgets, next_poll_interval
 from activities.errors import ErrorType, classify_response, transport_error
 from activities.messages import (
     HeartbeatInput,
@@ -219,17 +219,17 @@ class PlatformActivities:
         json_body: Any = None,
         params: dict[str, Any] | None = None,
         extra_headers: dict[str, str] | None = None,
-        priority: bool = False,
+        priority: Priority = Priority.WORK,
     ) -> httpx.Response:
         """Send one request within the platform's request budget; return the response whatever its status.
 
-        ``priority`` (heartbeats) never waits behind other requests for the budget. Network errors raise
-        ``Transient``.
+        ``priority`` orders requests waiting for the budget: heartbeats, then replies and register, then inbox reads.
+        Network errors raise ``Transient``.
         """
         headers = self._headers(target, body=json_body is not None)
         headers.update(extra_headers or {})
         content = orjson.dumps(json_body) if json_body is not None else None
-        await self._spend(target, priority=priority)
+        await self._spend(target, priority)
         try:
             return await self._http.request(
                 method, f"{target.platform_url}{path}", content=content, params=params, headers=headers
@@ -237,12 +237,12 @@ class PlatformActivities:
         except httpx.HTTPError as err:
             raise transport_error(operation, err) from None
 
-    async def _spend(self, target: PlatformTarget, *, priority: bool) -> None:
+    async def _spend(self, target: PlatformTarget, priority: Priority) -> None:
         """Take one request from the platform's budget, heartbeating Temporal while queued for it."""
         budget = self._budgets.for_url(target.platform_url)
-        if budget.try_acquire(priority=priority):
+        if budget.try_acquire(priority):
             return
-        acquire = asyncio.ensure_future(budget.acquire(priority=priority))
+        acquire = asyncio.ensure_future(budget.acquire(priority))
         try:
             while not (await asyncio.wait({acquire}, timeout=BUDGET_HEARTBEAT_S))[0]:
                 activity.heartbeat()
@@ -308,7 +308,7 @@ class PlatformActivities:
                     input.target,
                     "/registry/heartbeat",
                     json_body={**body, "uptime_seconds": int(time.monotonic() - started)},
-                    priority=True,
+                    priority=Priority.HEARTBEAT,
                 )
             except ApplicationError as err:
                 if err.type != ErrorType.TRANSIENT:
@@ -336,7 +336,12 @@ class PlatformActivities:
 
     async def _get_inbox(self, target: PlatformTarget, params: dict[str, Any]) -> httpx.Response:
         return await self._request(
-            "poll", "GET", target, f"/workspaces/{target.workspace_id}/activity", params={"type": INBOX_TYPE, **params}
+            "poll",
+            "GET",
+            target,
+            f"/workspaces/{target.workspace_id}/activity",
+            params={"type": INBOX_TYPE, **params},
+            priority=Priority.POLL,
         )
 
     def _rows(self, response: httpx.Response) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import activities.platform as platform_module
 from activities.budget import (
     IDLE_AFTER_S,
     IDLE_MAX_INTERVAL_S,
+    Priority,
     RequestBudget,
     RequestBudgets,
     next_poll_interval,
@@ -65,8 +66,8 @@ def budget(clock: FakeClock, per_minute: float = 60, burst: int = 5, **kwargs) -
     return RequestBudget(per_minute, burst, clock=clock, sleep=clock.sleep, **kwargs)
 
 
-def start(bucket: RequestBudget, n: int, *, priority: bool = False) -> list[asyncio.Task[None]]:
-    return [asyncio.create_task(bucket.acquire(priority=priority)) for _ in range(n)]
+def start(bucket: RequestBudget, n: int, priority: Priority = Priority.WORK) -> list[asyncio.Task[None]]:
+    return [asyncio.create_task(bucket.acquire(priority)) for _ in range(n)]
 
 
 def done(tasks: list[asyncio.Task[None]]) -> int:
@@ -74,10 +75,10 @@ def done(tasks: list[asyncio.Task[None]]) -> int:
 
 
 async def test_budget_burst_starts_at_once_then_one_token_per_interval() -> None:
-    """60/min and burst 5 (reserve 1): four ordinary requests go at once, then one per second."""
+    """60/min and burst 5 (reserve 1): four inbox reads go at once, then one per second."""
     clock = FakeClock()
     bucket = budget(clock)
-    tasks = start(bucket, 10)
+    tasks = start(bucket, 10, Priority.POLL)
     await settle()
     assert done(tasks) == 4
     await clock.advance(0.99)
@@ -114,28 +115,29 @@ async def test_budget_refills_only_up_to_burst_after_idle() -> None:
     assert done(tasks) == 5
 
 
-async def test_budget_heartbeat_uses_reserve_while_ordinary_requests_queue() -> None:
-    """Polls saturate the bucket; a heartbeat still goes at once from the reserve they leave."""
+async def test_budget_heartbeat_and_reply_use_reserve_while_polls_queue() -> None:
+    """Polls saturate the bucket; a heartbeat and a reply still go at once from the reserve polls leave."""
     clock = FakeClock()
-    bucket = budget(clock, per_minute=60, burst=5)
-    polls = start(bucket, 20)
+    bucket = budget(clock, per_minute=60, burst=5, reserve=2)
+    polls = start(bucket, 20, Priority.POLL)
     await settle()
-    assert done(polls) == 4
-    [heartbeat] = start(bucket, 1, priority=True)
+    assert done(polls) == 3
+    [heartbeat] = start(bucket, 1, Priority.HEARTBEAT)
+    [reply] = start(bucket, 1, Priority.WORK)
     await settle()
-    assert heartbeat.done()
+    assert heartbeat.done() and reply.done()
 
 
 async def test_budget_heartbeat_never_waits_behind_queued_polls() -> None:
     """With the reserve spent, the next token goes to the heartbeat, not to the polls queued before it."""
     clock = FakeClock()
     bucket = budget(clock, per_minute=60, burst=2)
-    polls = start(bucket, 5)
-    first = start(bucket, 1, priority=True)
+    polls = start(bucket, 5, Priority.POLL)
+    first = start(bucket, 1, Priority.HEARTBEAT)
     await settle()
     assert done(polls) == 1 and done(first) == 1
     await clock.advance(0.5)
-    second = start(bucket, 1, priority=True)
+    second = start(bucket, 1, Priority.HEARTBEAT)
     await settle()
     assert done(second) == 0
     await clock.advance(0.5)
@@ -143,6 +145,20 @@ async def test_budget_heartbeat_never_waits_behind_queued_polls() -> None:
     assert done(polls) == 1  # the poll queued since t=0 waits for the reserve to refill as well
     await clock.advance(2.0)
     assert done(polls) == 2
+
+
+async def test_budget_reply_served_before_polls_queued_earlier() -> None:
+    """Saturated by polls, the budget hands its next token to a reply: reads are the elastic part."""
+    clock = FakeClock()
+    bucket = budget(clock, per_minute=60, burst=2, reserve=0)
+    polls = start(bucket, 6, Priority.POLL)
+    await settle()
+    assert done(polls) == 2
+    [reply] = start(bucket, 1, Priority.WORK)
+    await clock.advance(1.0)
+    assert reply.done() and done(polls) == 2
+    await clock.advance(1.0)
+    assert done(polls) == 3
 
 
 async def test_budget_cancelled_waiter_leaves_queue_and_next_is_served() -> None:
