@@ -2,7 +2,8 @@
 
 Each scenario starts its own Temporal dev server, devplatform process and in-process worker, prints its figures
 table and writes ``<out>/<scenario>.json`` and ``<out>/<scenario>.md``. ``all`` runs the four scenarios in turn
-(the baseline runs inside ``latency`` and ``throughput``) and also writes ``<out>/summary.md``.
+(each in its own process; the baseline runs inside ``latency`` and ``throughput``) and also writes
+``<out>/summary.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fleet, idle, latency, throughput
-from benchmarks.report import Result, figures_table, machine_line, write
+from benchmarks.report import Result, figures_table, load, machine_line, write
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
@@ -181,8 +182,14 @@ async def _main(args: argparse.Namespace) -> None:
         return
     results = []
     for name in RUNNERS:
-        params = SMOKE[name] if args.smoke else type(SMOKE[name])()
-        results.append(await run_scenario(name, params, args.out))
+        if args.smoke:
+            results.append(await run_scenario(name, SMOKE[name], args.out))
+            continue
+        # A process per scenario, so memory and CPU figures are not inherited from the previous scenario.
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "benchmarks", name, "--out", str(args.out))
+        if await proc.wait() != 0:
+            sys.exit(f"benchmark {name} failed (exit {proc.returncode})")
+        results.append(load(args.out / f"{name}.json"))
     summary = args.out / "summary.md"
     summary.write_text(f"# Benchmarks\n\n- Machine: {machine_line(results[0].machine)}\n\n{figures_table(results)}\n")
     print(f"wrote {summary}")

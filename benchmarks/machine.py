@@ -89,9 +89,17 @@ def machine_facts(temporal_binary: Path | None = None) -> dict[str, Any]:
         "uvicorn": _version("uvicorn"),
         "commit": _git("rev-parse", "--short", "HEAD"),
         "tree_modified": sorted(line[3:] for line in status.splitlines()) if status else [],
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": _command(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _command() -> str:
+    """This process's command line, ``python -m benchmarks …`` rather than the path of ``__main__.py``."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("benchmarks/__main__.py", "benchmarks\\__main__.py")):
+        argv[0:1] = ["-m", "benchmarks"]
+    return " ".join(["python", *argv])
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any
 
+from temporalio.api.enums.v1 import EventType
+
 from activities.messages import BackendSpec
 from benchmarks.deliveries import collect, summary_ms
 from benchmarks.latency import IMPLEMENTATIONS, serving
@@ -85,7 +87,7 @@ async def _measure(stack: Stack, implementation: str, params: ThroughputParams) 
     backend = BackendSpec(name=params.backend, options=params.backend_options)
     slots = params.workspaces * (2 + params.max_concurrency) + 20
     runs = []
-    history_events = 0
+    history_events = retried = 0
     async with serving(
         stack,
         implementation,
@@ -112,7 +114,14 @@ async def _measure(stack: Stack, implementation: str, params: ThroughputParams) 
                 sdk = _per_message(sdk_before, await stack.sdk_metrics(), params.workspaces * params.messages)
             runs.append({**burst, "resources": resources, "temporal": sdk})
         for handle in handles:
-            history_events += len((await handle.fetch_history()).events)
+            events = (await handle.fetch_history()).events
+            history_events += len(events)
+            retried += sum(
+                1
+                for e in events
+                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+                and e.activity_task_started_event_attributes.attempt > 1
+            )
     deliveries = await collect(stack, [a.id for a in agents], peer.id, with_reads=False)
     results = []
     for index, r in enumerate(runs):
@@ -136,6 +145,7 @@ async def _measure(stack: Stack, implementation: str, params: ThroughputParams) 
         "implementation": implementation,
         "runs": results,
         "history_events_per_message": round(history_events / total, 2) if history_events else None,
+        "activities_retried": retried if handles else None,
     }
 
 
@@ -230,6 +240,12 @@ async def run(params: ThroughputParams) -> Result:
             _median([r["temporal"] for r in ours], "activities_per_message") if ours else None,
         ),
         Figure("history events per message", "", measured.get("temporal", {}).get("history_events_per_message")),
+        Figure(
+            "activity attempts retried (all runs)",
+            "",
+            measured.get("temporal", {}).get("activities_retried"),
+            note="a dispatch whose completion came after its 30 s heartbeat timeout is run again",
+        ),
         Figure(
             "burst enqueue time",
             "s",
