@@ -356,6 +356,10 @@ class ConnectWorkflow:
                 beats=self._heartbeat.beats + result.beats,
                 failures=self._heartbeat.failures + result.failures,
             )
+            if result.failures:
+                workflow.metric_meter().create_counter(
+                    "molecule_connect_heartbeat_failures", "Platform heartbeats that failed transiently."
+                ).with_additional_attributes({"workspace_id": self._target.workspace_id}).add(result.failures)
 
     # --- poll ------------------------------------------------------------------------------------------------
 
