@@ -260,7 +260,7 @@ def build_reply_request(
     message_id: str,
     request_id: str,
     parts: list[TextPart | FilePart | DataPart],
-    in_reply_to: A2AMessage,
+    in_reply_to: A2AMessage | None,
     row_id: str,
     extra_metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -270,14 +270,17 @@ def build_reply_request(
         message_id: Deterministic reply messageId (see :func:`reply_message_id`).
         request_id: JSON-RPC request id (also deterministic, so a retry is byte-identical).
         parts: Reply parts.
-        in_reply_to: The inbound message; its ``contextId`` and ``taskId`` are carried over.
+        in_reply_to: The inbound message; its ``contextId`` and ``taskId`` are carried over. ``None`` for a body
+            that could not be parsed: the reply then has no conversation context and no ``in_reply_to``.
         row_id: The inbound activity row id, sent as ``metadata.activity_id``.
         extra_metadata: Merged into ``metadata`` (e.g. ``auto_reply_depth``).
 
     Returns:
         A JSON-RPC 2.0 request object, ready for ``POST /workspaces/{source_id}/a2a``.
     """
-    metadata: dict[str, Any] = {"in_reply_to": in_reply_to.message_id, "activity_id": row_id}
+    metadata: dict[str, Any] = {"activity_id": row_id}
+    if in_reply_to is not None:
+        metadata = {"in_reply_to": in_reply_to.message_id, **metadata}
     metadata.update(extra_metadata or {})
     message: dict[str, Any] = {
         "role": "agent",
@@ -286,9 +289,9 @@ def build_reply_request(
         "parts": [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in parts],
         "metadata": metadata,
     }
-    if in_reply_to.context_id:
+    if in_reply_to is not None and in_reply_to.context_id:
         message["contextId"] = in_reply_to.context_id
-    if in_reply_to.task_id:
+    if in_reply_to is not None and in_reply_to.task_id:
         message["taskId"] = in_reply_to.task_id
     return {"jsonrpc": "2.0", "id": request_id, "method": "message/send", "params": {"message": message}}
 

@@ -488,30 +488,14 @@ class PlatformActivities:
         metadata: dict[str, Any] = {"auto_reply": True, "auto_reply_depth": row.auto_reply_depth + 1}
         if input.is_error:
             metadata["error"] = True
-        if row.message is not None:
-            request = build_reply_request(
-                message_id=message_id,
-                request_id=message_id,
-                parts=list(input.parts),
-                in_reply_to=row.message,
-                row_id=row.row_id,
-                extra_metadata=metadata,
-            )
-        else:  # a malformed inbound body: answer without conversation context
-            request = {
-                "jsonrpc": "2.0",
-                "id": message_id,
-                "method": "message/send",
-                "params": {
-                    "message": {
-                        "role": "agent",
-                        "messageId": message_id,
-                        "referenceTaskIds": [],
-                        "parts": [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in input.parts],
-                        "metadata": {"activity_id": row.row_id, **metadata},
-                    }
-                },
-            }
+        request = build_reply_request(
+            message_id=message_id,
+            request_id=message_id,
+            parts=list(input.parts),
+            in_reply_to=row.message,  # None for a malformed body: answered without conversation context
+            row_id=row.row_id,
+            extra_metadata=metadata,
+        )
         operation = f"reply to {row.source_id}"
         response = await self._request(
             operation,
