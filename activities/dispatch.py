@@ -29,6 +29,7 @@ from activities.backends.base import (
 )
 from activities.errors import ErrorType
 from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyPart
+from activities.platform import PlatformActivities
 
 MAX_REPLY_TEXT_BYTES = 512 * 1024
 """Reply text above this is cut with a visible marker: results live in history (2 MiB payload limit)."""
@@ -64,7 +65,9 @@ def truncate_parts(parts: list[ReplyPart], limit: int = MAX_REPLY_TEXT_BYTES) ->
 class DispatchActivities:
     """Runs backends. Backends are created once per (name, options) and reused; closed at worker shutdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, platform: PlatformActivities | None = None) -> None:
+        # Platform calls made from ``dispatch``: the reply sent with the dispatch, re-reading a large row.
+        self._platform = platform
         self._backends: dict[tuple[str, tuple[tuple[str, str], ...]], Backend] = {}
 
     def backend_for(self, spec: BackendSpec) -> Backend:

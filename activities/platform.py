@@ -452,7 +452,11 @@ class PlatformActivities:
 
     @activity.defn(name="reply")
     async def reply(self, input: ReplyInput) -> ReplyResult:
-        """Send the reply for one inbound row (PROTOCOL.md §1.5).
+        """Send the reply for one inbound row (PROTOCOL.md §1.5); see :meth:`send_reply`."""
+        return await self.send_reply(input)
+
+    async def send_reply(self, input: ReplyInput) -> ReplyResult:
+        """Send the reply for one inbound row (PROTOCOL.md §1.5), inside any activity (``reply``, ``dispatch``).
 
         From a peer (``source_id`` set): a new ``message/send`` to ``POST /workspaces/{source_id}/a2a`` in the v0.3
         reply shape of PROTOCOL.md §5, with a deterministic ``messageId`` (UUIDv5 of workspace + row), so a retried

@@ -77,7 +77,7 @@ async def running_worker(
         limits=httpx.Limits(max_connections=max_concurrent_activities, max_keepalive_connections=64),
     )
     platform = PlatformActivities(http, token_for, org_id=org_id, agent_version=agent_version(), budgets=budgets)
-    dispatch = DispatchActivities()
+    dispatch = DispatchActivities(platform)
     worker = Worker(
         client,
         task_queue=task_queue,
