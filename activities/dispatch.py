@@ -28,7 +28,7 @@ from activities.backends.base import (
     PermanentBackendError,
 )
 from activities.errors import ErrorType
-from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyPart
+from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyInput, ReplyPart
 from activities.platform import PlatformActivities
 
 MAX_REPLY_TEXT_BYTES = 512 * 1024
@@ -92,12 +92,16 @@ class DispatchActivities:
 
     @activity.defn(name="dispatch")
     async def dispatch(self, input: DispatchInput) -> DispatchResult:
-        """Run the backend on one message and return its reply parts.
+        """Run the backend on one message and return its reply parts, or send the reply (``input.send_reply``).
 
-        Heartbeats every third of ``heartbeat_timeout`` (at most every 10 s) while the backend runs.
+        Heartbeats every third of ``heartbeat_timeout`` (at most every 10 s) while the backend runs. With
+        ``send_reply`` the reply goes out as the ``reply`` activity would send it (PROTOCOL.md §1.5, same
+        deterministic ``messageId``), saving a second activity per message; if that fails, the parts come back with
+        ``reply_error`` instead, so the workflow retries the reply alone and never re-runs the backend for it.
 
         Returns:
-            Reply parts; text over :data:`MAX_REPLY_TEXT_BYTES` is truncated with a visible marker.
+            Reply parts (text over :data:`MAX_REPLY_TEXT_BYTES` is truncated with a visible marker), or the sent
+            reply's ``ReplyResult`` with no parts.
 
         Raises:
             ApplicationError: ``BackendFailed`` (retryable, unless the backend raised ``PermanentBackendError``)
@@ -151,4 +155,13 @@ class DispatchActivities:
         parts, truncated = truncate_parts(list(response.parts))
         if truncated:
             activity.logger.warning("backend reply truncated", extra=log_extra)
-        return DispatchResult(parts=parts, truncated=truncated)
+        if not input.send_reply or self._platform is None:
+            return DispatchResult(parts=parts, truncated=truncated)
+        try:
+            reply = await self._platform.send_reply(ReplyInput(target=input.target, row=input.row, parts=parts))
+        except ApplicationError as err:
+            # The backend's work is kept: the workflow sends these parts with its own ``reply`` activity, whose
+            # retry policy and failure classes (auth → blocked, permanent → dead letter) then apply.
+            activity.logger.warning("reply with the dispatch failed: %s", err, extra=log_extra)
+            return DispatchResult(parts=parts, truncated=truncated, reply_error=str(err))
+        return DispatchResult(parts=[], truncated=truncated, reply=reply)

@@ -184,14 +184,23 @@ class DispatchInput(Model):
     row: PolledRow
     lane: str
     """The conversation (``contextId``, else the sender, else ``canvas``)."""
+    send_reply: bool = False
+    """Send the reply from this activity once the backend answered (one activity per message instead of two); a
+    reply that fails here is returned with its parts, for the workflow's own ``reply`` activity to retry, so a failed
+    reply never re-runs the backend."""
 
 
 class DispatchResult(Model):
-    """Result of ``dispatch``: the reply parts."""
+    """Result of ``dispatch``: the reply parts, or the reply already sent."""
 
     parts: list[ReplyPart]
+    """The backend's reply; empty when ``reply`` is set (it is on the platform, and stays out of history)."""
     truncated: bool = False
     """The backend's reply was cut to fit Temporal's payload limit; the text carries a visible marker."""
+    reply: ReplyResult | None = None
+    """Set when ``send_reply`` was asked and the platform accepted the reply."""
+    reply_error: str | None = None
+    """Why the reply sent from this activity failed (one line); ``parts`` then holds the reply to send again."""
 
 
 class ReplyInput(Model):

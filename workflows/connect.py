@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.errors import ErrorType
     from activities.messages import (
         DispatchInput,
+        DispatchResult,
         HeartbeatInput,
         PlatformTarget,
         PolledRow,
@@ -78,6 +79,7 @@ ERROR_REPLY_TIMEOUT = timedelta(minutes=5)
 
 PATCH_CARRY_BUDGET = "carry-budget-before-continue-as-new"
 PATCH_AUTO_REPLY_RATE_CAP = "auto-reply-rate-cap"
+PATCH_REPLY_WITH_DISPATCH = "reply-with-dispatch"
 """``workflow.patched`` ids: workflows started before these changes replay on the old path."""
 
 CARRY_BUDGET_BYTES = 1024 * 1024
@@ -466,13 +468,24 @@ class ConnectWorkflow:
             return
         parts = message.reply_parts
         if parts is None:
-            parts = await self._dispatch(message)
-            if parts is None:
+            # One activity per message: dispatch sends the reply itself, and hands it back only when that failed.
+            result = await self._dispatch(message, send_reply=workflow.patched(PATCH_REPLY_WITH_DISPATCH))
+            if result is None:
                 return
+            if result.reply is not None:
+                self._record_reply(row)
+                return
+            if result.reply_error is not None:
+                workflow.logger.warning(
+                    "reply with the dispatch failed (%s); sending it on its own",
+                    result.reply_error,
+                    extra=self._log(row_id=row.row_id),
+                )
+            parts = list(result.parts)
         await self._send_reply(message, parts)
 
-    async def _dispatch(self, message: PendingMessage) -> list[ReplyPart] | None:
-        """Run the backend with retries; the reply parts, or ``None`` once the message is dead-lettered."""
+    async def _dispatch(self, message: PendingMessage, *, send_reply: bool) -> DispatchResult | None:
+        """Run the backend with retries (and send the reply when ``send_reply``); ``None`` once dead-lettered."""
         settings, row = self._settings, message.row
         while True:
             self._in_flight[row.row_id] = InFlight(
@@ -481,7 +494,13 @@ class ConnectWorkflow:
             try:
                 result = await workflow.execute_activity_method(
                     DispatchActivities.dispatch,
-                    DispatchInput(target=self._target, backend=self._input.backend, row=row, lane=message.lane),
+                    DispatchInput(
+                        target=self._target,
+                        backend=self._input.backend,
+                        row=row,
+                        lane=message.lane,
+                        send_reply=send_reply,
+                    ),
                     start_to_close_timeout=timedelta(seconds=settings.dispatch_timeout_s),
                     heartbeat_timeout=timedelta(seconds=settings.dispatch_heartbeat_timeout_s),
                     retry_policy=RetryPolicy(
@@ -502,7 +521,9 @@ class ConnectWorkflow:
             finally:
                 self._in_flight.pop(row.row_id, None)
             self._unblock("backend")
-            return list(result.parts)
+            if result.reply is not None:
+                self._unblock("reply")
+            return result
 
     async def _send_reply(self, message: PendingMessage, parts: list[ReplyPart]) -> None:
         row = message.row
@@ -528,17 +549,21 @@ class ConnectWorkflow:
             finally:
                 self._in_flight.pop(row.row_id, None)
             self._unblock("reply")
-            self._state.record_reply(row.row_id, workflow.now())
-            if row.created_at is not None:
-                workflow.metric_meter().create_histogram_timedelta(
-                    "molecule_connect_delivery_latency",
-                    "Inbox row created_at to reply accepted by the platform.",
-                    "ms",
-                ).with_additional_attributes({"workspace_id": self._target.workspace_id}).record(
-                    max(workflow.now() - row.created_at, timedelta(0))
-                )
-            self._emit_metrics()
+            self._record_reply(row)
             return
+
+    def _record_reply(self, row: PolledRow) -> None:
+        """Settle a replied row and export its delivery latency."""
+        self._state.record_reply(row.row_id, workflow.now())
+        if row.created_at is not None:
+            workflow.metric_meter().create_histogram_timedelta(
+                "molecule_connect_delivery_latency",
+                "Inbox row created_at to reply accepted by the platform.",
+                "ms",
+            ).with_additional_attributes({"workspace_id": self._target.workspace_id}).record(
+                max(workflow.now() - row.created_at, timedelta(0))
+            )
+        self._emit_metrics()
 
     async def _dead_letter(
         self,
