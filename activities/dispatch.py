@@ -134,7 +134,8 @@ class DispatchActivities:
                 done, _ = await asyncio.wait({task}, timeout=max(beat_every, 0.2))
                 if done:
                     break
-                activity.heartbeat()
+                if not info.is_local:  # a local activity has no heartbeat; its workflow task is kept alive
+                    activity.heartbeat()
             response = task.result()
         except asyncio.CancelledError:
             task.cancel()

@@ -245,7 +245,8 @@ class PlatformActivities:
         acquire = asyncio.ensure_future(budget.acquire(priority))
         try:
             while not (await asyncio.wait({acquire}, timeout=BUDGET_HEARTBEAT_S))[0]:
-                activity.heartbeat()
+                if not activity.info().is_local:
+                    activity.heartbeat()
         finally:
             acquire.cancel()  # no-op once acquired; otherwise leaves the queue (we are being cancelled)
         acquire.result()

@@ -80,7 +80,11 @@ ERROR_REPLY_TIMEOUT = timedelta(minutes=5)
 PATCH_CARRY_BUDGET = "carry-budget-before-continue-as-new"
 PATCH_AUTO_REPLY_RATE_CAP = "auto-reply-rate-cap"
 PATCH_REPLY_WITH_DISPATCH = "reply-with-dispatch"
+PATCH_LOCAL_DISPATCH = "local-dispatch"
 """``workflow.patched`` ids: workflows started before these changes replay on the old path."""
+
+LOCAL_DISPATCH_BACKENDS = frozenset({"echo"})
+"""Backends that ``dispatch_as="auto"`` runs as a local activity: in-process, answering in microseconds."""
 
 CARRY_BUDGET_BYTES = 1024 * 1024
 """Continue-as-new waits for queued message bodies to fit this, so its input stays under the 2 MiB payload limit."""
@@ -491,25 +495,31 @@ class ConnectWorkflow:
             self._in_flight[row.row_id] = InFlight(
                 row_id=row.row_id, lane=message.lane, stage="dispatch", since=workflow.now()
             )
+            dispatch_input = DispatchInput(
+                target=self._target, backend=self._input.backend, row=row, lane=message.lane, send_reply=send_reply
+            )
+            retry_policy = RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                backoff_coefficient=2.0,
+                maximum_interval=timedelta(seconds=60),
+                maximum_attempts=settings.max_attempts,
+            )
             try:
-                result = await workflow.execute_activity_method(
-                    DispatchActivities.dispatch,
-                    DispatchInput(
-                        target=self._target,
-                        backend=self._input.backend,
-                        row=row,
-                        lane=message.lane,
-                        send_reply=send_reply,
-                    ),
-                    start_to_close_timeout=timedelta(seconds=settings.dispatch_timeout_s),
-                    heartbeat_timeout=timedelta(seconds=settings.dispatch_heartbeat_timeout_s),
-                    retry_policy=RetryPolicy(
-                        initial_interval=timedelta(seconds=1),
-                        backoff_coefficient=2.0,
-                        maximum_interval=timedelta(seconds=60),
-                        maximum_attempts=settings.max_attempts,
-                    ),
-                )
+                if self._dispatch_locally():
+                    result = await workflow.execute_local_activity_method(
+                        DispatchActivities.dispatch,
+                        dispatch_input,
+                        start_to_close_timeout=timedelta(seconds=settings.local_dispatch_timeout_s),
+                        retry_policy=retry_policy,
+                    )
+                else:
+                    result = await workflow.execute_activity_method(
+                        DispatchActivities.dispatch,
+                        dispatch_input,
+                        start_to_close_timeout=timedelta(seconds=settings.dispatch_timeout_s),
+                        heartbeat_timeout=timedelta(seconds=settings.dispatch_heartbeat_timeout_s),
+                        retry_policy=retry_policy,
+                    )
             except ActivityError as err:
                 kind, error = _failure(err)
                 if kind == ErrorType.BACKEND_MISCONFIGURED:
@@ -524,6 +534,13 @@ class ConnectWorkflow:
             if result.reply is not None:
                 self._unblock("reply")
             return result
+
+    def _dispatch_locally(self) -> bool:
+        """Whether ``dispatch`` runs as a local activity (``ConnectSettings.dispatch_as``)."""
+        mode = self._settings.dispatch_as
+        if mode == "auto":
+            mode = "local" if self._input.backend.name in LOCAL_DISPATCH_BACKENDS else "activity"
+        return mode == "local" and workflow.patched(PATCH_LOCAL_DISPATCH)
 
     async def _send_reply(self, message: PendingMessage, parts: list[ReplyPart]) -> None:
         row = message.row

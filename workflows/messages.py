@@ -24,6 +24,10 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
+DispatchMode = Literal["auto", "activity", "local"]
+"""How ``dispatch`` runs: see ``ConnectSettings.dispatch_as``."""
+
+
 class ConnectSettings(Model):
     """Tuning of one connector. Every field has a default; durations are seconds (``_s``)."""
 
@@ -51,6 +55,14 @@ class ConnectSettings(Model):
     """Start-to-close timeout of one dispatch attempt."""
     dispatch_heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     """A dispatch whose worker stops heartbeating for this long is retried elsewhere (crash recovery time)."""
+    dispatch_as: DispatchMode = "auto"
+    """How ``dispatch`` runs. ``activity``: a regular activity that heartbeats while the backend works and moves to
+    another worker within ``dispatch_heartbeat_timeout_s`` of a crash; right for backends that take seconds to
+    minutes. ``local``: a local activity run by the workflow's own worker, with no Temporal server round trip and
+    about one history event per message (a marker); for backends that answer within ``local_dispatch_timeout_s``.
+    ``auto``: ``local`` for the in-process ``echo`` backend, ``activity`` for every other backend."""
+    local_dispatch_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    """Start-to-close timeout of one local dispatch attempt (the workflow task stays open while it runs)."""
     reply_timeout_s: float = Field(default=3600.0, gt=0)
     """Total time to get one reply accepted (transient failures retried) before it is dead-lettered."""
     blocked_retry_s: float = Field(default=180.0, gt=0)

@@ -253,7 +253,7 @@ async def test_history_after_delivery_and_auth_failure_holds_no_token(harness: H
     assert agent.token and peer.token
     # One failed reply puts an activity failure (error text, response body) into history as well.
     await harness.admin.add_fault(
-        f"/workspaces/{peer.id}/a2a", method="POST", status=401, count=1, body={"error": "invalid workspace auth token"}
+        f"/workspaces/{peer.id}/a2a", method="POST", status=401, count=2, body={"error": "invalid workspace auth token"}
     )
     async with harness.worker():
         handle: WorkflowHandle[Any, Any] = await harness.start(agent)
@@ -264,7 +264,9 @@ async def test_history_after_delivery_and_auth_failure_holds_no_token(harness: H
     as_json = history.to_json()
     # Payload data is base64 in the JSON form, so the raw protobuf bytes (payload data verbatim) are searched too.
     raw = b"".join(event.SerializeToString() for event in history.events)
-    assert "HTTP 401" in as_json  # the failure path is in the history being checked
+    # The failure path is in the history being checked: the reply sent with the dispatch failed (its error is in the
+    # dispatch result), and so did the first try of the separate reply activity (an activity failure).
+    assert b"HTTP 401" in raw and "HTTP 401" in as_json
     assert "Bearer" not in as_json and b"Bearer" not in raw
     for token in (agent.token, peer.token):
         assert token not in as_json
