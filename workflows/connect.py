@@ -93,14 +93,28 @@ HISTORY_LENGTH_LIMIT = 20_000
 """Continue as new past this many events even if the server did not suggest it (the hard limit is 51,200)."""
 
 
-def _failure(err: ActivityError) -> tuple[str | None, str]:
-    """The ``ApplicationError`` type and a one-line message of a failed activity."""
-    cause = err.cause
+LOCAL_ACTIVITY_FAILURES = (ActivityError, ApplicationError, TimeoutError)
+"""What a failed local activity raises in the workflow: an ``ActivityError``, or (as this SDK's core reports a local
+activity's final failure) the activity's own ``ApplicationError`` or ``TimeoutError`` unwrapped."""
+
+
+def _failure(err: BaseException) -> tuple[str | None, str]:
+    """The ``ApplicationError`` type and a one-line message of a failed (local) activity."""
+    cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, ApplicationError):
         return cause.type, cause.message
     if isinstance(cause, TimeoutError):
         return "Timeout", f"activity {cause.type.name.lower() if cause.type else ''} timeout".replace("  ", " ")
     return None, str(cause or err)
+
+
+def _retries_exhausted(err: BaseException) -> bool:
+    """Whether a failed activity used up its retry policy (rather than failing non-retryably at once)."""
+    if isinstance(err, ActivityError):
+        return err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED
+    if isinstance(err, ApplicationError):
+        return not err.non_retryable
+    return isinstance(err, TimeoutError)
 
 
 @workflow.defn
@@ -390,13 +404,16 @@ class ConnectWorkflow:
             heartbeat_timeout=timedelta(seconds=30 + settings.poll_interval_s),
             retry_policy=PLATFORM_RETRY,
         )
-        await workflow.wait_condition(lambda: handle.done() or self._epoch != epoch or self._draining)
+        # A crashed lane ends the long poll too, so the crash fails the workflow task now, not when rows arrive.
+        await workflow.wait_condition(
+            lambda: handle.done() or self._epoch != epoch or self._draining or self._crash is not None
+        )
         if not handle.done():
             handle.cancel()
         try:
             result = await handle
         except ActivityError as err:
-            if self._epoch != epoch or self._draining:
+            if self._epoch != epoch or self._draining or self._crash is not None:
                 return None
             kind, message = _failure(err)
             if kind == ErrorType.GONE:
@@ -520,12 +537,12 @@ class ConnectWorkflow:
                         heartbeat_timeout=timedelta(seconds=settings.dispatch_heartbeat_timeout_s),
                         retry_policy=retry_policy,
                     )
-            except ActivityError as err:
+            except LOCAL_ACTIVITY_FAILURES as err:
                 kind, error = _failure(err)
                 if kind == ErrorType.BACKEND_MISCONFIGURED:
                     await self._wait_blocked("backend", error)
                     continue
-                attempts = settings.max_attempts if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED else 1
+                attempts = settings.max_attempts if _retries_exhausted(err) else 1
                 await self._dead_letter(message, error, stage="dispatch", attempts=attempts)
                 return None
             finally:
