@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks import fleet, idle, latency, throughput
 from benchmarks.report import Result, figures_table, load, machine_line, write
+from worker import loop as event_loop
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = build_parser().parse_args(argv)
     if not args.profile:
-        asyncio.run(_main(args))
+        event_loop.run(_main(args))
         return
     try:
         from pyinstrument import Profiler
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     profiler = Profiler(async_mode="disabled")
     profiler.start()
     try:
-        asyncio.run(_main(args))
+        event_loop.run(_main(args))
     finally:
         profiler.stop()
         args.out.mkdir(parents=True, exist_ok=True)

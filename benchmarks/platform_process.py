@@ -45,6 +45,7 @@ import orjson
 from benchmarks.machine import REPO_ROOT, sample_process
 from benchmarks.stats import summarize
 from devplatform.client import AsyncPlatformAdmin, CreatedWorkspace
+from worker import loop as event_loop
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -299,7 +300,7 @@ def serve(db_path: Path, host: str, port: int, stale_after_s: float | None, swee
         await server.serve(sockets=[sock])
         announcer.cancel()
 
-    asyncio.run(main())
+    event_loop.run(main())
 
 
 class PlatformProcess:

@@ -41,6 +41,7 @@ from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE
 from activities.messages import BackendSpec, ColdStart
 from activities.probe import PlatformProbeError, probe_platform
 from worker import control
+from worker import loop as event_loop
 from worker.codec import CodecError, data_converter
 from worker.control import ConnectorError, connector_status, start_connector
 from worker.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, announce, configure_logging
@@ -170,7 +171,7 @@ def _check_backend(spec: BackendSpec) -> None:
     """Build the backend once, so a misconfiguration fails here rather than in every dispatch."""
     backend = create_backend(spec.name, spec.options)
     with contextlib.suppress(Exception):
-        asyncio.run(backend.close())
+        event_loop.run(backend.close())
 
 
 def _tokens_for(workspace_id: str | None) -> TokenStore:
@@ -186,13 +187,13 @@ def _probe(input: ConnectInput, tokens: TokenStore) -> None:
     org_id = os.environ.get("MOLECULE_ORG_ID") or None
     token = tokens.token_for(input.workspace_id)
     try:
-        asyncio.run(probe_platform(input.platform_url, input.workspace_id, token, org_id=org_id))
+        event_loop.run(probe_platform(input.platform_url, input.workspace_id, token, org_id=org_id))
     except PlatformProbeError as err:
         raise UsageProblem(str(err)) from None
 
 
 def _run_async(main: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(main())
+    event_loop.run(main())
 
 
 async def connect_client(**kwargs: Any) -> ConnectedClient:
@@ -643,7 +644,7 @@ def fleet_apply(
             print("dry run: nothing changed", file=sys.stderr)
         return sum(1 for step, error in zip(steps, outcomes, strict=True) if error or step.kind in ("error", "restart"))
 
-    if asyncio.run(main()):
+    if event_loop.run(main()):
         raise SystemExit(1)
 
 
@@ -699,7 +700,7 @@ def replay_command(
                 print(f"FAIL  {outcome.source}{at}: {outcome.error}")
         return failed
 
-    if asyncio.run(main()):
+    if event_loop.run(main()):
         raise SystemExit(1)
 
 
@@ -811,7 +812,7 @@ def demo(
     """Run the whole thing locally: embedded Temporal, a dev platform, a worker and a connected echo workspace."""
     from worker.demo import run_demo
 
-    asyncio.run(run_demo(timeout_s=timeout))
+    event_loop.run(run_demo(timeout_s=timeout))
 
 
 def main(argv: list[str] | None = None) -> None:
