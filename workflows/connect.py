@@ -1,8 +1,10 @@
 """``ConnectWorkflow``: one long-running workflow per workspace, owning its inbox cursor (DESIGN.md §2).
 
 It registers the workspace, keeps a heartbeat activity running, and long-polls the inbox, feeding messages into
-conversation lanes. Each lane delivers its messages in arrival order (``dispatch`` then ``reply``); lanes run in
-parallel up to ``max_concurrency`` while the poll keeps reading ahead, bounded by ``max_pending``. The commit
+conversation lanes. Each lane delivers its messages in arrival order; lanes run in parallel up to
+``max_concurrency`` while the poll keeps reading ahead, bounded by ``max_pending``. A message costs one activity:
+``dispatch`` (a regular or a local activity, ``ConnectSettings.dispatch_as``) runs the backend and sends the reply;
+a ``reply`` activity follows only when that reply failed, so a failed reply never re-runs the backend. The commit
 cursor only moves over settled rows (``workflows.state``). When Temporal suggests it, the workflow stops starting
 dispatches, lets in-flight ones finish and continues as new with its whole state.
 
