@@ -1,4 +1,4 @@
-"""Record the real histories replayed in CI: ``python -m tests.replay.record_histories [OUT_DIR]``.
+"""Record the real histories replayed in CI: ``python -m tests.replay.record_histories [OUT_DIR [SCENARIO...]]``.
 
 Each scenario runs ConnectWorkflow on a fresh Temporal dev server against a real devplatform, ends it with
 ``drain`` (so the history is complete) and writes ``<scenario>.json`` in the format of
@@ -110,13 +110,42 @@ async def continue_as_new(h: Harness, tmp: Path) -> str:
     return agent.id
 
 
+async def local_dispatch(h: Harness, tmp: Path) -> str:
+    """``echo`` under ``dispatch_as="auto"``: local activities that send the reply themselves."""
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    await h.start(agent)
+    for n in range(3):
+        await h.admin.send_text(agent.id, f"local {n}", sender=peer, context_id=f"c{n % 2}")
+    await h.admin.send_text(agent.id, "from the canvas")
+    await _replies(h, peer.id, agent.id, 3)
+    await wait_until(lambda: h.notifications(agent.id), message="notify")
+    await _drain(h, agent.id)
+    return agent.id
+
+
+async def reply_fallback(h: Harness, tmp: Path) -> str:
+    """A regular ``dispatch`` whose own reply meets a 503, so the workflow resends it as a ``reply`` activity."""
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    await h.admin.add_fault(f"/workspaces/{peer.id}/a2a", method="POST", status=503, count=1)
+    await h.start(agent, BackendSpec(name="exec", options={"cmd": "cat"}))
+    await h.admin.send_text(agent.id, "reply me twice", sender=peer, context_id="c1")
+    await h.admin.send_text(agent.id, "and once", sender=peer, context_id="c1")
+    await _replies(h, peer.id, agent.id, 2)
+    await _drain(h, agent.id)
+    return agent.id
+
+
 SCENARIOS: dict[str, tuple[Scenario, list[str]]] = {
     "plain_delivery": (plain_delivery, []),
     "cursor_410_recovery": (cursor_410_recovery, []),
     "dead_letter_redrive": (dead_letter_redrive, []),
     "pause_resume": (pause_resume, []),
     "continue_as_new": (continue_as_new, ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"]),
+    "local_dispatch": (local_dispatch, []),
+    "reply_fallback": (reply_fallback, []),
 }
+"""The first five were recorded before ``reply-with-dispatch`` and ``local-dispatch`` (workflow.patched): keep them
+as they are, so the old path keeps replaying; record new scenarios by name."""
 
 
 async def record(name: str, out_dir: Path) -> Path:
@@ -151,9 +180,14 @@ async def record(name: str, out_dir: Path) -> Path:
 
 
 async def main(argv: list[str]) -> None:
+    """``[OUT_DIR [SCENARIO...]]``: every scenario by default, else the named ones."""
     out_dir = Path(argv[0]) if argv else HISTORIES
+    names = argv[1:] or list(SCENARIOS)
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in SCENARIOS:
+    for name in names:
         path = await record(name, out_dir)
         print(f"recorded {path}")
 

@@ -18,7 +18,15 @@ CLI = str(Path(sys.executable).parent / "molecule-connect")
 
 def test_histories_cover_the_required_scenarios() -> None:
     names = {path.stem for path in HISTORIES}
-    assert {"plain_delivery", "cursor_410_recovery", "dead_letter_redrive", "continue_as_new", "pause_resume"} <= names
+    assert {
+        "plain_delivery",
+        "cursor_410_recovery",
+        "dead_letter_redrive",
+        "continue_as_new",
+        "pause_resume",
+        "local_dispatch",
+        "reply_fallback",
+    } <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
