@@ -55,6 +55,9 @@ limit, and a poll result that can never be uploaded wedges the inbox. Such a row
 large) without its parts, so it is dead-lettered and the sender told."""
 TEXT_COPY_BYTES = 256 * 1024
 """Text over this is carried once, in ``message.parts``, and not copied into ``PolledRow.text`` as well."""
+MAX_QUOTED_CHARS = 200
+"""A row's ``method`` and the skip reasons quoting it are cut to this many characters: the sender chooses the method,
+and a huge one must not grow a poll result past Temporal's payload limit."""
 BUDGET_HEARTBEAT_S = 5.0
 """While a request waits for the request budget, Temporal is heartbeated this often, so a long queue never looks
 like a dead worker (the poll's ``heartbeat_timeout`` is 30 s + ``poll_interval_s``)."""
@@ -91,6 +94,10 @@ async def _pause(seconds: float) -> bool:
     return activity.is_worker_shutdown()
 
 
+def _clipped(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -116,14 +123,14 @@ def row_to_polled(row: dict[str, Any]) -> PolledRow:
         "row_id": row_id,
         "created_at": _parse_time(row.get("created_at")),
         "source_id": row.get("source_id"),
-        "method": method,
+        "method": _clipped(method) if isinstance(method, str) else method,
     }
     body = row.get("request_body")
     body_bytes = len(orjson.dumps(body)) if body is not None else 0
     common["body_bytes"] = body_bytes
 
     def skip(reason: str) -> PolledRow:
-        return PolledRow(**common, outcome="skip", reason=reason)
+        return PolledRow(**common, outcome="skip", reason=_clipped(reason))
 
     if row.get("activity_type", INBOX_TYPE) != INBOX_TYPE:
         return skip(f"activity_type {row.get('activity_type')!r} is not {INBOX_TYPE}")

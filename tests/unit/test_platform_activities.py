@@ -25,7 +25,13 @@ from activities.messages import (
     ReplyInput,
     RowPointer,
 )
-from activities.platform import MAX_BATCH_BYTES, RESET_READ_LIMIT, PlatformActivities, row_to_polled
+from activities.platform import (
+    MAX_BATCH_BYTES,
+    MAX_QUOTED_CHARS,
+    RESET_READ_LIMIT,
+    PlatformActivities,
+    row_to_polled,
+)
 
 URL = "https://platform.test"
 WS = "11111111-1111-4111-8111-111111111111"
@@ -665,6 +671,14 @@ def test_row_to_polled_skip_rules_give_reason(overrides: dict[str, Any], reason:
     assert polled.reason == reason
     assert polled.message is None
     assert polled.row_id == row_id(1)
+
+
+def test_row_to_polled_huge_method_is_clipped_in_row_and_reason() -> None:
+    """The sender picks the method: a huge one must not grow a poll result past Temporal's payload limit."""
+    polled = row_to_polled(inbox_row(1, method="m" * (1 << 20)))
+    assert polled.outcome == "skip"
+    assert polled.method is not None and len(polled.method) == MAX_QUOTED_CHARS
+    assert polled.reason is not None and len(polled.reason) == MAX_QUOTED_CHARS
 
 
 def test_row_to_polled_request_body_absent_is_skipped() -> None:
