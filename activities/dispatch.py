@@ -4,9 +4,13 @@ The backend runs as an asyncio task while the activity heartbeats Temporal, so a
 run) never looks dead, and a killed worker is noticed within ``heartbeat_timeout``. Cancellation (workflow request,
 heartbeat timeout seen by the server, worker shutdown) cancels the backend task, which kills its processes.
 
+A row whose body was too large to carry through Temporal (``PolledRow.body_ref``) is re-read from the platform first
+(:meth:`activities.platform.PlatformActivities.read_body`) and parsed like any inbound body.
+
 Failure classes: ``BackendFailed`` (retryable; the workflow dead-letters after ``max_attempts``; non-retryable,
-so dead-lettered at once, for a ``PermanentBackendError``) and ``BackendMisconfigured`` (non-retryable; the
-workflow blocks instead of dead-lettering every message).
+so dead-lettered at once, for a ``PermanentBackendError`` or a body that can no longer be re-read) and
+``BackendMisconfigured`` (non-retryable; the workflow blocks instead of dead-lettering every message). Re-reading a
+body raises the platform's classes: ``Transient`` (retryable), ``Auth`` and ``Gone`` (non-retryable).
 """
 
 from __future__ import annotations
@@ -18,18 +22,19 @@ from datetime import timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.a2a import TextPart
+from activities.a2a import A2AMessage, MalformedMessageError, TextPart, parse_inbound
 from activities.backends import create_backend
 from activities.backends.base import (
     Backend,
     BackendConfigError,
     BackendError,
     BackendRequest,
+    BackendResponse,
     PermanentBackendError,
 )
 from activities.errors import ErrorType
 from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyInput, ReplyPart
-from activities.platform import PlatformActivities
+from activities.platform import PlatformActivities, RowNotFoundError
 
 MAX_REPLY_TEXT_BYTES = 512 * 1024
 """Reply text above this is cut with a visible marker: results live in history (2 MiB payload limit)."""
@@ -90,6 +95,59 @@ class DispatchActivities:
             with contextlib.suppress(Exception):
                 await backend.close()
 
+    async def _read_message(self, input: DispatchInput) -> tuple[A2AMessage, str]:
+        """The whole message and text of a row passed by reference, re-read from the platform.
+
+        Returns:
+            The message with its parts, and its text parts joined (``parse_inbound``, as ``poll`` parsed it).
+
+        Raises:
+            ApplicationError: ``BackendFailed``, non-retryable (so the message is dead-lettered at once with this
+                reason and the sender told) when the row is no longer on the platform or its body no longer
+                parses; ``Transient`` (retried by the activity's retry policy), ``Auth`` or ``Gone`` from the
+                platform; ``BackendMisconfigured`` when this worker has no platform client.
+        """
+        if self._platform is None:
+            raise ApplicationError(
+                "dispatch: this worker cannot re-read large messages (no platform client)",
+                type=ErrorType.BACKEND_MISCONFIGURED,
+                non_retryable=True,
+            )
+        try:
+            body = await self._platform.read_body(input.target, input.row)
+        except RowNotFoundError as err:
+            raise ApplicationError(err.reason, type=ErrorType.BACKEND_FAILED, non_retryable=True) from None
+        try:
+            parsed = parse_inbound(body)
+        except MalformedMessageError as err:
+            raise ApplicationError(
+                f"message body re-read from the platform is malformed: {err.reason}",
+                type=ErrorType.BACKEND_FAILED,
+                non_retryable=True,
+            ) from None
+        return parsed.message, parsed.text
+
+    async def _run_backend(
+        self, backend: Backend, input: DispatchInput, message: A2AMessage, attempt: int
+    ) -> BackendResponse:
+        """Build the backend request, re-reading a body passed by reference first, and run the backend on it.
+
+        Runs as the heartbeated task of ``dispatch``, so a slow re-read never looks like a dead worker.
+        """
+        text = input.row.message_text
+        if input.row.body_ref is not None:
+            message, text = await self._read_message(input)
+        request = BackendRequest(
+            workspace_id=input.target.workspace_id,
+            row_id=input.row.row_id,
+            source_id=input.row.source_id,
+            lane=input.lane,
+            message=message,
+            text=text,
+            attempt=attempt,
+        )
+        return await backend.handle(request)
+
     @activity.defn(name="dispatch")
     async def dispatch(self, input: DispatchInput) -> DispatchResult:
         """Run the backend on one message and return its reply parts, or send the reply (``input.send_reply``).
@@ -105,7 +163,8 @@ class DispatchActivities:
 
         Raises:
             ApplicationError: ``BackendFailed`` (retryable, unless the backend raised ``PermanentBackendError``)
-                or ``BackendMisconfigured`` (non-retryable).
+                or ``BackendMisconfigured`` (non-retryable); for a body passed by reference also the errors of
+                :meth:`_read_message`.
             asyncio.CancelledError: The activity was cancelled; the backend was stopped first.
         """
         info = activity.info()
@@ -118,17 +177,8 @@ class DispatchActivities:
             raise ApplicationError(
                 f"backend {input.backend.name}: {err}", type=ErrorType.BACKEND_MISCONFIGURED, non_retryable=True
             ) from None
-        request = BackendRequest(
-            workspace_id=input.target.workspace_id,
-            row_id=input.row.row_id,
-            source_id=input.row.source_id,
-            lane=input.lane,
-            message=input.row.message,
-            text=input.row.message_text,
-            attempt=info.attempt,
-        )
         beat_every = min((info.heartbeat_timeout or timedelta(seconds=30)).total_seconds() / 3, 10.0)
-        task = asyncio.create_task(backend.handle(request))
+        task = asyncio.create_task(self._run_backend(backend, input, input.row.message, info.attempt))
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=max(beat_every, 0.2))

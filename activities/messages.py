@@ -120,6 +120,22 @@ class PollInput(Model):
     """Without a cursor after a reset: only rows created at or after this time are returned (PROTOCOL.md §3.3)."""
 
 
+class BodyRef(Model):
+    """Where ``dispatch`` re-reads a request body too large to carry through Temporal (PROTOCOL.md §3.3).
+
+    The platform has no single-row read, so a row is re-read as the one row after its predecessor:
+    ``GET /workspaces/{id}/activity?type=a2a_receive&since_id=<read_after>&limit=1``, checking the answer's ``id``.
+    Without a known predecessor, or when that read misses, it is looked for among the newest
+    ``RESET_READ_LIMIT`` (500) rows, so such a row can only be re-read while it is among them.
+    """
+
+    read_after: str | None = None
+    """Id of the inbox row just before this one (the poll's cursor or the previous row of its batch, skipped rows
+    included); ``None`` when unknown: the oldest row of a newest-first read (cold-start ``backlog``, 410 reset)."""
+    body_bytes: int
+    """Size of the whole ``request_body`` as JSON, in bytes."""
+
+
 class PolledRow(Model):
     """One inbox row as the workflow sees it: to deliver, to skip, or malformed (PROTOCOL.md §4)."""
 
@@ -134,20 +150,29 @@ class PolledRow(Model):
     reason: str | None = None
     """Why a row is skipped or malformed, one line."""
     message: A2AMessage | None = None
-    """The normalized inbound message (``deliver``; a too-large row keeps it without parts, to thread its error
-    reply)."""
+    """The normalized inbound message (``deliver``). For a reference (``body_ref``) it has no parts: its ids,
+    ``contextId``, ``taskId`` and metadata still place it in a lane, dedupe it and thread the reply."""
     text: str = ""
-    """Text parts joined in order; empty when over ``TEXT_COPY_BYTES`` (read :attr:`message_text` instead)."""
+    """Text parts joined in order; empty when over ``TEXT_COPY_BYTES`` (read :attr:`message_text` instead) and for
+    a reference."""
     unsupported_parts: int = 0
     """Parts the connector could not represent."""
     body_bytes: int = 0
-    """Size of the row's ``request_body`` as JSON, in bytes."""
+    """Size of the row's ``request_body`` as JSON, in bytes, as carried in this row: for a reference only the
+    parts-less ``message`` is carried (the whole body's size is ``body_ref.body_bytes``). The workflow's
+    continue-as-new budget adds these up."""
+    body_ref: BodyRef | None = None
+    """Set when the body was too large to carry (over ``BODY_REF_BYTES``): ``dispatch`` re-reads it from the
+    platform before running the backend."""
     auto_reply_depth: int = 0
     """``metadata.auto_reply_depth`` of the inbound message: how many automatic replies led to it (PROTOCOL.md §7)."""
 
     @property
     def message_text(self) -> str:
-        """The text for the backend: ``text``, or the text parts of ``message`` when too large to be copied."""
+        """The text for the backend: ``text``, or the text parts of ``message`` when too large to be copied.
+
+        Empty for a reference (``body_ref``): ``dispatch`` re-reads the body first.
+        """
         if self.text or self.message is None:
             return self.text
         return "\n".join(p.text for p in self.message.parts if isinstance(p, TextPart))

@@ -1,9 +1,14 @@
 """``PlatformActivities``: every call to the Molecule platform, over one shared ``httpx.AsyncClient``.
 
 Activities: ``register`` (PROTOCOL.md §3.1), ``heartbeat`` (long-running, §3.2), ``poll`` (long-poll of the inbox,
-§3.3–4) and ``reply`` (§3.4 to a peer, §3.5 to the canvas). Failures are raised as ``ApplicationError`` typed by
+§3.3–4) and ``reply`` (§3.4 to a peer, §3.5 to the canvas); :meth:`PlatformActivities.read_body` re-reads, inside
+``dispatch``, a body the poll passed by reference. Failures are raised as ``ApplicationError`` typed by
 ``activities.errors`` (PROTOCOL.md §2). Tokens are looked up per call from the workspace id and exist only in request
 headers: never in arguments, results, errors or logs.
+
+Large bodies never enter history: a deliverable row whose ``request_body`` is over :data:`BODY_REF_BYTES` is
+returned by ``poll`` as a reference (``PolledRow.body_ref``: its message without parts, and where to re-read it),
+and ``dispatch`` re-reads the body from the platform just before running the backend.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from activities.a2a import (
 from activities.budget import Priority, RequestBudgets, next_poll_interval
 from activities.errors import ErrorType, classify_response, transport_error
 from activities.messages import (
+    BodyRef,
     HeartbeatInput,
     HeartbeatResult,
     PlatformTarget,
@@ -48,13 +54,21 @@ DISPATCHED_METHODS = frozenset({"message/send", "message/stream"})
 RESET_READ_LIMIT = 500
 """Rows re-read (newest first) after a 410 or without a cursor: the platform's maximum ``limit``."""
 MAX_BATCH_BYTES = 768 * 1024
-"""A poll result stays under this many body bytes, well inside Temporal's 2 MiB payload limit (rest: next poll)."""
-MAX_MESSAGE_BYTES = 1280 * 1024
-"""A request body over this cannot cross Temporal: with its reply (up to 512 KiB) it would pass the 2 MiB payload
-limit, and a poll result that can never be uploaded wedges the inbox. Such a row is settled as ``malformed`` (too
-large) without its parts, so it is dead-lettered and the sender told."""
-TEXT_COPY_BYTES = 256 * 1024
+"""A poll result's rows stay under this many JSON bytes, well inside Temporal's 2 MiB payload limit (rest: next
+poll). One carried row is at most :data:`BODY_REF_BYTES` + :data:`TEXT_COPY_BYTES`, so a row always fits."""
+BODY_REF_BYTES = 256 * 1024
+"""A deliverable row whose ``request_body`` is over this many JSON bytes is passed by reference: ``poll`` returns its
+message without parts plus a ``BodyRef``, and ``dispatch`` re-reads the body (:meth:`PlatformActivities.read_body`).
+Whatever a sender posts (the platform accepts up to 16 MiB), no body over this enters workflow history."""
+REF_MESSAGE_BYTES = 16 * 1024
+"""The parts-less message of a reference is carried without its ``metadata`` when larger than this (the backend
+still sees the metadata: ``dispatch`` re-reads the whole message); a reference whose ids alone are larger is
+``malformed``."""
+TEXT_COPY_BYTES = 64 * 1024
 """Text over this is carried once, in ``message.parts``, and not copied into ``PolledRow.text`` as well."""
+MAX_QUOTED_CHARS = 200
+"""A row's ``method`` and the skip reasons quoting it are cut to this many characters: the sender chooses the method,
+and a huge one must not grow a poll result past Temporal's payload limit."""
 BUDGET_HEARTBEAT_S = 5.0
 """While a request waits for the request budget, Temporal is heartbeated this often, so a long queue never looks
 like a dead worker (the poll's ``heartbeat_timeout`` is 30 s + ``poll_interval_s``)."""
@@ -91,6 +105,10 @@ async def _pause(seconds: float) -> bool:
     return activity.is_worker_shutdown()
 
 
+def _clipped(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -99,16 +117,19 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def row_to_polled(row: dict[str, Any]) -> PolledRow:
+def row_to_polled(row: dict[str, Any], *, read_after: str | None = None) -> PolledRow:
     """Apply the skip rules of PROTOCOL.md §4 and parse one inbox row.
 
     Args:
         row: One element of ``GET /workspaces/{id}/activity`` (JSON object).
+        read_after: Id of the inbox row just before this one, or ``None`` when unknown; kept in ``body_ref`` when the
+            body is passed by reference, so ``dispatch`` can re-read it with ``since_id`` (see ``BodyRef``).
 
     Returns:
-        A ``PolledRow`` whose ``outcome`` is ``deliver`` (with message and text), ``skip`` (notify echo, error row,
-        already answered by push, unknown method, no content) or ``malformed`` (a body that cannot be parsed, or
-        one over :data:`MAX_MESSAGE_BYTES`).
+        A ``PolledRow`` whose ``outcome`` is ``deliver`` (with message and text; a body over :data:`BODY_REF_BYTES`
+        as a reference: ``body_ref`` set, message without parts, no text), ``skip`` (notify echo, error row, already
+        answered by push, unknown method, no content) or ``malformed`` (a body that cannot be parsed, or a
+        reference whose message ids alone are over :data:`REF_MESSAGE_BYTES`).
     """
     row_id = str(row.get("id"))
     method = row.get("method")
@@ -116,14 +137,14 @@ def row_to_polled(row: dict[str, Any]) -> PolledRow:
         "row_id": row_id,
         "created_at": _parse_time(row.get("created_at")),
         "source_id": row.get("source_id"),
-        "method": method,
+        "method": _clipped(method) if isinstance(method, str) else method,
     }
     body = row.get("request_body")
     body_bytes = len(orjson.dumps(body)) if body is not None else 0
     common["body_bytes"] = body_bytes
 
     def skip(reason: str) -> PolledRow:
-        return PolledRow(**common, outcome="skip", reason=reason)
+        return PolledRow(**common, outcome="skip", reason=_clipped(reason))
 
     if row.get("activity_type", INBOX_TYPE) != INBOX_TYPE:
         return skip(f"activity_type {row.get('activity_type')!r} is not {INBOX_TYPE}")
@@ -141,22 +162,70 @@ def row_to_polled(row: dict[str, Any]) -> PolledRow:
         parsed = parse_inbound(body)
     except MalformedMessageError as err:
         return PolledRow(**common, outcome="malformed", reason=err.reason)
-    if body_bytes > MAX_MESSAGE_BYTES:
+    depth = (parsed.message.metadata or {}).get("auto_reply_depth", 0)
+    deliver: dict[str, Any] = {
+        "outcome": "deliver",
+        "unsupported_parts": parsed.unsupported_parts,
+        "auto_reply_depth": depth if isinstance(depth, int) and depth >= 0 else 0,
+    }
+    if body_bytes <= BODY_REF_BYTES:
+        text = "" if len(parsed.text.encode()) > TEXT_COPY_BYTES else parsed.text
+        return PolledRow(**common, **deliver, message=parsed.message, text=text)
+    message = parsed.message.model_copy(update={"parts": []})
+    carried = len(message.model_dump_json(by_alias=True))
+    if carried > REF_MESSAGE_BYTES:
+        message = message.model_copy(update={"metadata": None})
+        carried = len(message.model_dump_json(by_alias=True))
+    if carried > REF_MESSAGE_BYTES:
         return PolledRow(
             **common,
             outcome="malformed",
-            reason=f"message too large: {body_bytes} bytes (at most {MAX_MESSAGE_BYTES})",
-            message=parsed.message.model_copy(update={"parts": []}),
+            reason=f"message ids too large: {carried} bytes without parts and metadata (at most {REF_MESSAGE_BYTES})",
         )
-    depth = (parsed.message.metadata or {}).get("auto_reply_depth", 0)
     return PolledRow(
-        **common,
-        outcome="deliver",
-        message=parsed.message,
-        text="" if len(parsed.text.encode()) > TEXT_COPY_BYTES else parsed.text,
-        unsupported_parts=parsed.unsupported_parts,
-        auto_reply_depth=depth if isinstance(depth, int) and depth >= 0 else 0,
+        **{**common, "body_bytes": carried},
+        **deliver,
+        message=message,
+        body_ref=BodyRef(read_after=read_after, body_bytes=body_bytes),
     )
+
+
+def rows_to_polled(
+    rows: list[dict[str, Any]], *, read_after: str | None, not_before: datetime | None = None
+) -> list[PolledRow]:
+    """Parse a batch read from the inbox, giving each row its predecessor for ``BodyRef.read_after``.
+
+    The predecessor of the first row is ``read_after``; of each other row, the row before it in ``rows`` (every
+    ``a2a_receive`` row the platform returned, including rows then skipped or left out by ``not_before``).
+
+    Args:
+        rows: Inbox rows oldest first (an ASC read, or a DESC read already reversed).
+        read_after: The row before ``rows[0]``: the ``since_id`` cursor of an ASC read; ``None`` for a newest-first
+            read without a cursor, whose oldest row has no known predecessor.
+        not_before: Only rows created at or after this are returned (rows without a ``created_at`` are kept).
+
+    Returns:
+        The parsed rows, oldest first.
+    """
+    polled = []
+    for row in rows:
+        created_at = _parse_time(row.get("created_at"))
+        if not_before is None or created_at is None or created_at >= not_before:
+            polled.append(row_to_polled(row, read_after=read_after))
+        read_after = str(row["id"])
+    return polled
+
+
+class RowNotFoundError(LookupError):
+    """A row passed by reference is no longer on the platform, so its body cannot be re-read.
+
+    Attributes:
+        reason: One line for the dead letter and the sender's error reply; no body, no token.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class PlatformActivities:
@@ -335,22 +404,32 @@ class PlatformActivities:
 
     # --- poll -------------------------------------------------------------------------------------------------
 
-    async def _get_inbox(self, target: PlatformTarget, params: dict[str, Any]) -> httpx.Response:
+    async def _get_inbox(
+        self,
+        target: PlatformTarget,
+        params: dict[str, Any],
+        *,
+        operation: str = "poll",
+        priority: Priority = Priority.POLL,
+    ) -> httpx.Response:
         return await self._request(
-            "poll",
+            operation,
             "GET",
             target,
             f"/workspaces/{target.workspace_id}/activity",
             params={"type": INBOX_TYPE, **params},
-            priority=Priority.POLL,
+            priority=priority,
         )
 
-    def _rows(self, response: httpx.Response) -> list[dict[str, Any]]:
+    def _rows(self, response: httpx.Response, operation: str = "poll") -> list[dict[str, Any]]:
         if response.status_code >= 300:
-            raise classify_response("poll", response)
-        data = orjson.loads(response.content or b"[]")
+            raise classify_response(operation, response)
+        try:
+            data = orjson.loads(response.content or b"[]")
+        except orjson.JSONDecodeError:
+            data = None
         if not isinstance(data, list):
-            raise ApplicationError("poll: inbox answer is not a JSON array", type=ErrorType.TRANSIENT)
+            raise ApplicationError(f"{operation}: inbox answer is not a JSON array", type=ErrorType.TRANSIENT)
         return [row for row in data if isinstance(row, dict) and row.get("id")]
 
     async def _read_newest(self, target: PlatformTarget, limit: int) -> list[dict[str, Any]]:
@@ -359,12 +438,6 @@ class PlatformActivities:
         rows.reverse()
         return rows
 
-    @staticmethod
-    def _after(rows: list[dict[str, Any]], not_before: datetime | None) -> list[dict[str, Any]]:
-        if not_before is None:
-            return rows
-        return [r for r in rows if (t := _parse_time(r.get("created_at"))) is None or t >= not_before]
-
     async def _poll_once(self, input: PollInput) -> PollResult | None:
         """One inbox read. ``None`` when there is nothing to report and the long poll should go on."""
         target = input.target
@@ -372,8 +445,10 @@ class PlatformActivities:
         if cursor is not None and not _is_uuid(cursor.row_id):
             # A non-UUID cursor gets a 500 on every poll (PROTOCOL.md §3.3): treat it as lost, like a 410.
             activity.logger.warning("cursor is not a UUID; resetting", extra={"workspace_id": target.workspace_id})
-            rows = self._after(await self._read_newest(target, RESET_READ_LIMIT), cursor.created_at)
-            return PollResult(rows=[row_to_polled(r) for r in rows], cursor_reset=True)
+            rows = await self._read_newest(target, RESET_READ_LIMIT)
+            return PollResult(
+                rows=rows_to_polled(rows, read_after=None, not_before=cursor.created_at), cursor_reset=True
+            )
         if cursor is not None:
             response = await self._get_inbox(target, {"since_id": cursor.row_id, "limit": input.limit})
             if response.status_code == 410:
@@ -381,10 +456,11 @@ class PlatformActivities:
                     "cursor not found (410); re-reading newest rows",
                     extra={"workspace_id": target.workspace_id, "row_id": cursor.row_id},
                 )
-                rows = self._after(await self._read_newest(target, RESET_READ_LIMIT), cursor.created_at)
-                return PollResult(rows=[row_to_polled(r) for r in rows], cursor_reset=True)
+                rows = await self._read_newest(target, RESET_READ_LIMIT)
+                polled = rows_to_polled(rows, read_after=None, not_before=cursor.created_at)
+                return PollResult(rows=polled, cursor_reset=True)
             rows = self._rows(response)
-            return PollResult(rows=[row_to_polled(r) for r in rows]) if rows else None
+            return PollResult(rows=rows_to_polled(rows, read_after=cursor.row_id)) if rows else None
         if not input.seeded:
             if input.start_from == "latest":
                 newest = await self._read_newest(target, 1)
@@ -395,17 +471,22 @@ class PlatformActivities:
                 )
                 return PollResult(seed=seed, cold_start_done=True)
             rows = await self._read_newest(target, min(max(input.backlog_limit, 1), RESET_READ_LIMIT))
-            return PollResult(rows=[row_to_polled(r) for r in rows], cold_start_done=True)
+            return PollResult(rows=rows_to_polled(rows, read_after=None), cold_start_done=True)
         # Seeded without a cursor: the inbox was empty (or reset) then, so every row since is new.
-        rows = self._after(await self._read_newest(target, RESET_READ_LIMIT), input.not_before)
-        return PollResult(rows=[row_to_polled(r) for r in rows]) if rows else None
+        rows = await self._read_newest(target, RESET_READ_LIMIT)
+        polled = rows_to_polled(rows, read_after=None, not_before=input.not_before)
+        return PollResult(rows=polled) if polled else None
 
     @staticmethod
     def _bounded(result: PollResult) -> PollResult:
-        """Cut a batch so its bodies stay under ``MAX_BATCH_BYTES``; the rest comes on the next poll."""
+        """Cut a batch so its rows stay under ``MAX_BATCH_BYTES`` of JSON; the rest comes on the next poll.
+
+        Rows are measured as they cross Temporal (carried bodies, text copies, references), not by their bodies on
+        the platform: a batch of references to 16 MiB bodies is small.
+        """
         total = 0
         for index, row in enumerate(result.rows):
-            total += row.body_bytes
+            total += len(row.model_dump_json())
             if total > MAX_BATCH_BYTES and index > 0:
                 return result.model_copy(update={"rows": result.rows[:index]})
         return result
@@ -448,6 +529,57 @@ class PlatformActivities:
             interval = next_poll_interval(input.poll_interval_s, interval, time.monotonic() - quiet_since)
             if time.monotonic() + interval >= deadline or await _pause(interval):
                 return PollResult(polls=polls)
+
+    # --- re-read a body passed by reference --------------------------------------------------------------------
+
+    async def read_body(self, target: PlatformTarget, row: PolledRow) -> Any:
+        """Re-read the ``request_body`` of a row ``poll`` passed by reference (``PolledRow.body_ref``).
+
+        Called by ``dispatch``, within the platform's request budget. The platform has no single-row read
+        (PROTOCOL.md §3.3), so the row is read as the one after its predecessor,
+        ``GET /workspaces/{id}/activity?type=a2a_receive&since_id=<read_after>&limit=1``, and its ``id`` checked.
+        When there is no known predecessor, the predecessor was pruned (410) or another row (or none) comes back,
+        the row is looked for among the newest :data:`RESET_READ_LIMIT` rows: a row without a known predecessor
+        can only be re-read while it is among the newest 500 of the inbox.
+
+        Args:
+            target: Our workspace.
+            row: A row whose ``body_ref`` is set.
+
+        Returns:
+            The row's ``request_body`` as stored by the platform (decoded JSON; parse it with ``parse_inbound``).
+
+        Raises:
+            RowNotFoundError: The row is no longer on the platform (pruned, or no longer among the newest rows).
+            ApplicationError: ``Transient`` (network, 5xx, 429: retryable, ``Retry-After`` honoured), ``Auth``
+                (401/403, no token) or ``Gone`` (404 on our workspace), classified like every platform call.
+        """
+        ref = row.body_ref
+        if ref is None:
+            raise ValueError(f"row {row.row_id} was not passed by reference")
+        operation = "re-read message body"
+        log_extra = {"workspace_id": target.workspace_id, "row_id": row.row_id}
+        if ref.read_after is not None:
+            params = {"since_id": ref.read_after, "limit": 1}
+            response = await self._get_inbox(target, params, operation=operation, priority=Priority.WORK)
+            if response.status_code != 410:
+                rows = self._rows(response, operation)
+                if rows and str(rows[0]["id"]) == row.row_id:
+                    return rows[0].get("request_body")
+            activity.logger.warning(
+                "message body not after its predecessor; searching the newest rows", extra=log_extra
+            )
+        response = await self._get_inbox(
+            target, {"limit": RESET_READ_LIMIT}, operation=operation, priority=Priority.WORK
+        )
+        found = next((r for r in self._rows(response, operation) if str(r["id"]) == row.row_id), None)
+        if found is not None:
+            return found.get("request_body")
+        if ref.read_after is not None:
+            raise RowNotFoundError("message body no longer on the platform (pruned); cannot re-read")
+        raise RowNotFoundError(
+            f"message body not among the newest {RESET_READ_LIMIT} inbox rows (pruned or too old); cannot re-read"
+        )
 
     # --- reply ------------------------------------------------------------------------------------------------
 

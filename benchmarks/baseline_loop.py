@@ -9,7 +9,9 @@ works.
 It shares with the real connector everything that is not the delivery engine, so only the engine is compared:
 the skip rules and A2A parsing (:func:`activities.platform.row_to_polled`), the backend registry
 (:func:`activities.backends.create_backend`), and the reply shape and deterministic reply id
-(:func:`activities.a2a.build_reply_request`). It does not repeat the Go CLI's known mistakes (PROTOCOL.md §9:
+(:func:`activities.a2a.build_reply_request`). A body the connector would pass by reference (over
+:data:`activities.platform.BODY_REF_BYTES`) is parsed from the row already in memory: the baseline has no history
+to keep small, so it needs no re-read. It does not repeat the Go CLI's known mistakes (PROTOCOL.md §9:
 reply shape, canvas replies, notify echo rows). What it deliberately lacks is what Temporal gives the connector:
 no retries with backoff, no dead letters, no parallel lanes, no crash-safe reply-once guarantee (a crash between
 reply and cursor save replies twice), no control plane.
@@ -28,7 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
-from activities.a2a import TextPart, build_reply_request, reply_message_id
+from activities.a2a import TextPart, build_reply_request, parse_inbound, reply_message_id
 from activities.backends import Backend, BackendRequest, create_backend
 from activities.messages import BackendSpec, PolledRow
 from activities.platform import INBOX_TYPE, row_to_polled
@@ -214,6 +216,11 @@ class BaselineConnector:
         if row.outcome != "deliver" or row.message is None:
             self.counters["skipped"] += 1
             return True
+        message, text = row.message, row.message_text
+        if row.body_ref is not None:
+            # A large body the connector would re-read in ``dispatch``; here the raw row is still at hand.
+            parsed = parse_inbound(raw["request_body"])
+            message, text = parsed.message, parsed.text
         try:
             response = await self._backend.handle(
                 BackendRequest(
@@ -221,8 +228,8 @@ class BaselineConnector:
                     row_id=row.row_id,
                     source_id=row.source_id,
                     lane=row.message.context_id or row.source_id or "canvas",
-                    message=row.message,
-                    text=row.message_text,
+                    message=message,
+                    text=text,
                     attempt=1,
                 )
             )

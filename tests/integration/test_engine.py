@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from activities.messages import BackendSpec
+from activities.platform import BODY_REF_BYTES
 from devplatform.client import CreatedWorkspace, text_message
 from tests.helpers import Harness, reply_message, reply_text, wait_until
 from workflows.messages import StatusResult
@@ -240,9 +243,36 @@ async def _fault_hits(harness: Harness, fault_id: int, hits: int) -> bool:
 # --- 4. large messages ------------------------------------------------------------------------------------------
 
 
+def _payload_sizes(message: Message) -> Iterator[int]:
+    """The size in bytes of every ``Payload`` inside a protobuf message (inputs, results, memo, headers...)."""
+    if isinstance(message, Payload):
+        yield message.ByteSize()
+        return
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].message_type is not None:
+                for item in value.values():
+                    yield from _payload_sizes(item)
+        elif isinstance(value, Message):
+            yield from _payload_sizes(value)
+        else:  # a repeated message field
+            for item in value:
+                yield from _payload_sizes(item)
+
+
+async def _largest_history_payload(handle: WorkflowHandle[Any, Any]) -> int:
+    """The size in bytes of the largest payload in the workflow's history."""
+    largest = 0
+    async for event in handle.fetch_history_events():
+        largest = max(largest, *_payload_sizes(event), 0)
+    return largest
+
+
 async def test_large_messages_1mib_delivered_3mib_settled_without_workflow_task_failure(harness: Harness) -> None:
-    """A 1 MiB message is delivered; a 3 MiB one is delivered or dead-lettered with a reason; neither fails a
-    workflow task, and the message after them is still delivered."""
+    """A 1 MiB and a 3 MiB message are delivered by reference (``dispatch`` re-reads the body from the platform):
+    no workflow task fails, no body enters history, and the message after them is still delivered."""
     agent, peer = await harness.workspace("agent"), await harness.workspace("peer")
     backend = BackendSpec(name="exec", options={"cmd": "wc -c"})
     one_mib, three_mib = "x" * (1 << 20), "y" * (3 << 20)
@@ -258,37 +288,36 @@ async def test_large_messages_1mib_delivered_3mib_settled_without_workflow_task_
         replies = await wait_until(
             lambda: _replies_for(harness, peer, agent, ["m-1mib", "m-3mib", "m-after"]),
             timeout=30,
-            message="3 MiB settled and the next message replied",
+            message="3 MiB delivered and the next message replied",
         )
         status = await harness.status(agent.id)
         failures = await _workflow_task_failures(handle)
+        largest_payload = await _largest_history_payload(handle)
 
     assert failures == []
     by_id = {_in_reply_to(r): r for r in replies}
     assert reply_text(by_id["m-after"]).strip() == "5"
-    big = by_id["m-3mib"]
-    if reply_message(big)["metadata"].get("error"):
-        [letter] = [d for d in status.dead_letters if d.message_id == "m-3mib"]
-        assert letter.error
-        assert reply_text(big).startswith("Sorry")
-    else:
-        assert reply_text(big).strip() == str(3 << 20)
+    assert not reply_message(by_id["m-3mib"])["metadata"].get("error")
+    assert reply_text(by_id["m-3mib"]).strip() == str(3 << 20)
+    assert status.dead_letters == []
+    assert largest_payload <= BODY_REF_BYTES + 16 * 1024
     _assert_each_replied_once(replies, ["m-1mib", "m-3mib", "m-after"])
 
 
 async def test_large_dead_letters_never_block_continue_as_new(harness: Harness) -> None:
-    """Three 1 MiB messages fail and are dead-lettered; their history makes Temporal suggest continue-as-new, and
-    the carried state stays small enough to continue (no workflow task fails), so the next message is answered."""
+    """Eight messages just small enough to be carried whole (and one passed by reference) fail and are
+    dead-lettered; their bodies in history make Temporal suggest continue-as-new, and the carried dead letters stay
+    small enough to continue (no workflow task fails), so the next message is answered."""
     agent, peer = await harness.workspace("agent"), await harness.workspace("peer")
     backend = BackendSpec(name="exec", options={"cmd": POISON_CMD})
-    poison = [f"big-poison-{n}" for n in range(3)]
+    poison = [f"big-poison-{n}" for n in range(9)]
+    carried, by_reference = "z" * (BODY_REF_BYTES - 4096), "z" * (1 << 20)
     async with harness.worker():
         handle = await harness.start(agent, backend, max_attempts=1)
         for n, message_id in enumerate(poison):
-            await harness.admin.send_text(
-                agent.id, "poison " + "z" * (1 << 20), sender=peer, context_id=f"big-{n}", message_id=message_id
-            )
-        await wait_until(lambda: _replies_for(harness, peer, agent, poison), timeout=30, message="3 error replies")
+            text = "poison " + (by_reference if n == 0 else carried)
+            await harness.admin.send_text(agent.id, text, sender=peer, context_id=f"big-{n}", message_id=message_id)
+        await wait_until(lambda: _replies_for(harness, peer, agent, poison), timeout=30, message="error replies")
         await harness.admin.send_text(agent.id, "after", sender=peer, context_id="small", message_id="m-after")
         replies = await wait_until(
             lambda: _replies_for(harness, peer, agent, [*poison, "m-after"]), timeout=30, message="reply to m-after"
@@ -301,7 +330,7 @@ async def test_large_dead_letters_never_block_continue_as_new(harness: Harness) 
 
     assert failures == []
     assert status.counters["continued_as_new"] >= 1
-    assert status.counters["dead_lettered"] == 3
+    assert status.counters["dead_lettered"] == len(poison)
     _assert_each_replied_once(replies, [*poison, "m-after"])
     assert all(reply_message(r)["metadata"].get("error") for r in replies if _in_reply_to(r) in poison)
 

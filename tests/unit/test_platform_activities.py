@@ -21,11 +21,18 @@ from activities.messages import (
     PlatformTarget,
     PolledRow,
     PollInput,
+    PollResult,
     RegisterInput,
     ReplyInput,
     RowPointer,
 )
-from activities.platform import MAX_BATCH_BYTES, RESET_READ_LIMIT, PlatformActivities, row_to_polled
+from activities.platform import (
+    MAX_BATCH_BYTES,
+    MAX_QUOTED_CHARS,
+    RESET_READ_LIMIT,
+    PlatformActivities,
+    row_to_polled,
+)
 
 URL = "https://platform.test"
 WS = "11111111-1111-4111-8111-111111111111"
@@ -613,25 +620,40 @@ async def test_poll_network_error_raises_transient(platform: FakePlatform, env: 
 
 
 async def test_poll_batch_over_max_bytes_is_cut(platform: FakePlatform, env: ActivityEnvironment) -> None:
-    """Rows past MAX_BATCH_BYTES wait for the next poll, which starts after the last row returned."""
-    big = "x" * (MAX_BATCH_BYTES // 3)
-    platform.then(rows_answer(*(inbox_row(n, text=big) for n in range(2, 6))))
+    """Rows past MAX_BATCH_BYTES (as they cross Temporal) wait for the next poll, which starts after the last row
+    returned."""
+    big = "x" * (200 * 1024)  # carried (under BODY_REF_BYTES): four of them are over the batch budget
+    platform.then(rows_answer(*(inbox_row(n, text=big) for n in range(2, 7))))
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1))))
-    assert [r.row_id for r in result.rows] == [row_id(2), row_id(3)]
-    assert sum(r.body_bytes for r in result.rows) <= MAX_BATCH_BYTES
+    assert [r.row_id for r in result.rows] == [row_id(2), row_id(3), row_id(4)]
+    assert all(r.body_ref is None for r in result.rows)
+    assert sum(len(r.model_dump_json()) for r in result.rows) <= MAX_BATCH_BYTES
 
-    platform.then(rows_answer(*(inbox_row(n, text=big) for n in range(4, 6))))
+    platform.then(rows_answer(*(inbox_row(n, text=big) for n in range(5, 7))))
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, cursor=result.rows[-1].pointer))
-    assert params_of(platform.requests[-1])["since_id"] == row_id(3)
-    assert [r.row_id for r in result.rows] == [row_id(4), row_id(5)]
+    assert params_of(platform.requests[-1])["since_id"] == row_id(4)
+    assert [r.row_id for r in result.rows] == [row_id(5), row_id(6)]
 
 
-async def test_poll_single_row_over_max_bytes_is_still_returned(
+async def test_poll_rows_over_body_ref_bytes_are_references_that_fit_one_batch(
     platform: FakePlatform, env: ActivityEnvironment
 ) -> None:
-    """A lone oversized row cannot be split; cutting it would stall the inbox forever."""
-    platform.then(rows_answer(inbox_row(2, text="y" * (MAX_BATCH_BYTES + 1)), inbox_row(3)))
+    """Bodies far over the batch budget cross Temporal as references, so they never cut a batch short."""
+    huge = "y" * (3 * MAX_BATCH_BYTES)
+    platform.then(rows_answer(inbox_row(2, text=huge), inbox_row(3, text=huge), inbox_row(4)))
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1))))
+    assert [r.row_id for r in result.rows] == [row_id(2), row_id(3), row_id(4)]
+    assert [r.body_ref is not None for r in result.rows] == [True, True, False]
+    assert len(result.model_dump_json()) < 4096
+
+
+def test_bounded_single_row_over_max_bytes_is_still_returned() -> None:
+    """A lone oversized row cannot be split; cutting it would stall the inbox forever."""
+    rows = [
+        PolledRow(row_id=row_id(2), outcome="skip", reason="y" * (MAX_BATCH_BYTES + 1)),
+        PolledRow(row_id=row_id(3), outcome="skip"),
+    ]
+    result = PlatformActivities._bounded(PollResult(rows=rows))
     assert [r.row_id for r in result.rows] == [row_id(2)]
 
 
@@ -665,6 +687,14 @@ def test_row_to_polled_skip_rules_give_reason(overrides: dict[str, Any], reason:
     assert polled.reason == reason
     assert polled.message is None
     assert polled.row_id == row_id(1)
+
+
+def test_row_to_polled_huge_method_is_clipped_in_row_and_reason() -> None:
+    """The sender picks the method: a huge one must not grow a poll result past Temporal's payload limit."""
+    polled = row_to_polled(inbox_row(1, method="m" * (1 << 20)))
+    assert polled.outcome == "skip"
+    assert polled.method is not None and len(polled.method) == MAX_QUOTED_CHARS
+    assert polled.reason is not None and len(polled.reason) == MAX_QUOTED_CHARS
 
 
 def test_row_to_polled_request_body_absent_is_skipped() -> None:
