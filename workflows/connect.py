@@ -544,12 +544,18 @@ class ConnectWorkflow:
                 if kind == ErrorType.BACKEND_MISCONFIGURED:
                     await self._wait_blocked("backend", error)
                     continue
+                if kind == ErrorType.AUTH:
+                    # Our token was refused while re-reading a body passed by reference: like any auth failure, the
+                    # duty waits ``blocked`` and heals with the token; the message is not the problem.
+                    await self._wait_blocked("dispatch", error)
+                    continue
                 attempts = settings.max_attempts if _retries_exhausted(err) else 1
                 await self._dead_letter(message, error, stage="dispatch", attempts=attempts)
                 return None
             finally:
                 self._in_flight.pop(row.row_id, None)
             self._unblock("backend")
+            self._unblock("dispatch")
             if result.reply is not None:
                 self._unblock("reply")
             return result

@@ -341,7 +341,7 @@ async def test_heartbeat_503_then_200_keeps_the_duty_going(
     platform.then(httpx.Response(503))
     platform.default = lambda request: httpx.Response(200, json={"status": "ok"})
     result = await env.run(
-        platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=0.05)
+        platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=0.5)
     )
     assert result.failures == 1
     assert result.beats >= 1
