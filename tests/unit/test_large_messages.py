@@ -4,9 +4,8 @@ from the platform, here a scripted inbox with the real ``since_id`` semantics (`
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -21,7 +20,6 @@ from activities.messages import (
     BackendSpec,
     BodyRef,
     DispatchInput,
-    PlatformTarget,
     PolledRow,
     PollInput,
     RowPointer,
@@ -34,45 +32,10 @@ from activities.platform import (
     row_to_polled,
     rows_to_polled,
 )
+from tests.unit.test_platform_activities import T0, TARGET, inbox_row, row_id
 
-URL = "https://platform.test"
-WS = "11111111-1111-4111-8111-111111111111"
-PEER = "22222222-2222-4222-8222-222222222222"
-TARGET = PlatformTarget(workspace_id=WS, platform_url=URL)
-T0 = datetime(2026, 4, 30, 5, 0, tzinfo=UTC)
 BIG = "b" * (BODY_REF_BYTES + 1)
 """Text whose body is over BODY_REF_BYTES: passed by reference."""
-
-
-def row_id(n: int) -> str:
-    return str(uuid.UUID(int=n))
-
-
-def inbox_row(n: int, text: str = "", **overrides: Any) -> dict[str, Any]:
-    """An ``a2a_receive`` row from PEER (PROTOCOL.md §4), created ``n`` seconds after T0."""
-    row: dict[str, Any] = {
-        "id": row_id(n),
-        "activity_type": "a2a_receive",
-        "source_id": PEER,
-        "method": "message/send",
-        "status": "ok",
-        "created_at": (T0 + timedelta(seconds=n)).isoformat().replace("+00:00", "Z"),
-        "request_body": {
-            "jsonrpc": "2.0",
-            "id": f"req-{n}",
-            "method": "message/send",
-            "params": {
-                "message": {
-                    "role": "user",
-                    "messageId": f"msg-{n}",
-                    "contextId": f"ctx-{n}",
-                    "parts": [{"kind": "text", "text": text or f"hello {n}"}],
-                }
-            },
-        },
-    }
-    row.update(overrides)
-    return row
 
 
 class FakeInbox:
@@ -144,7 +107,7 @@ def refs(rows: list[PolledRow]) -> dict[str, str | None]:
 
 def test_row_to_polled_body_under_limit_is_carried_whole() -> None:
     text = "x" * (BODY_REF_BYTES - 1024)
-    polled = row_to_polled(inbox_row(1, text), read_after=row_id(0))
+    polled = row_to_polled(inbox_row(1, text=text), read_after=row_id(0))
     assert polled.outcome == "deliver" and polled.body_ref is None
     assert polled.message is not None and len(polled.message.parts) == 1
     assert polled.text == ""  # over TEXT_COPY_BYTES: carried once, in the parts
@@ -152,7 +115,7 @@ def test_row_to_polled_body_under_limit_is_carried_whole() -> None:
 
 
 def test_row_to_polled_body_over_limit_is_reference_keeping_ids_and_metadata() -> None:
-    raw = inbox_row(2, BIG)
+    raw = inbox_row(2, text=BIG)
     message = raw["request_body"]["params"]["message"]
     message["taskId"] = "task-2"
     message["metadata"] = {"auto_reply": True, "auto_reply_depth": 2}
@@ -182,7 +145,7 @@ def test_row_to_polled_large_file_part_makes_a_reference() -> None:
 
 
 def test_row_to_polled_reference_with_huge_metadata_drops_it_and_keeps_depth() -> None:
-    raw = inbox_row(1, BIG)
+    raw = inbox_row(1, text=BIG)
     raw["request_body"]["params"]["message"]["metadata"] = {"auto_reply_depth": 3, "blob": "m" * REF_MESSAGE_BYTES}
     polled = row_to_polled(raw)
     assert polled.body_ref is not None and polled.message is not None
@@ -192,7 +155,7 @@ def test_row_to_polled_reference_with_huge_metadata_drops_it_and_keeps_depth() -
 
 
 def test_row_to_polled_reference_with_huge_message_id_is_malformed() -> None:
-    raw = inbox_row(1, BIG)
+    raw = inbox_row(1, text=BIG)
     raw["request_body"]["params"]["message"]["messageId"] = "i" * (REF_MESSAGE_BYTES + 1)
     polled = row_to_polled(raw)
     assert polled.outcome == "malformed" and polled.message is None
@@ -201,7 +164,7 @@ def test_row_to_polled_reference_with_huge_message_id_is_malformed() -> None:
 
 def test_rows_to_polled_predecessor_is_previous_row_even_when_left_out() -> None:
     """Rows before ``not_before`` are not returned, but the first returned row still knows its predecessor."""
-    rows = [inbox_row(1), inbox_row(2, BIG), inbox_row(3, BIG)]
+    rows = [inbox_row(1), inbox_row(2, text=BIG), inbox_row(3, text=BIG)]
     polled = rows_to_polled(rows, read_after=None, not_before=T0 + timedelta(seconds=2))
     assert refs(polled) == {row_id(2): row_id(1), row_id(3): row_id(2)}
 
@@ -212,7 +175,9 @@ def test_rows_to_polled_predecessor_is_previous_row_even_when_left_out() -> None
 async def test_poll_ascending_batch_reads_after_cursor_then_previous_row_skipped_included(
     http: Any, env: ActivityEnvironment
 ) -> None:
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG), inbox_row(3, method="notify"), inbox_row(4, BIG), inbox_row(5)])
+    inbox = FakeInbox(
+        [inbox_row(1), inbox_row(2, text=BIG), inbox_row(3, method="notify"), inbox_row(4, text=BIG), inbox_row(5)]
+    )
     rows = await poll(env, platform_for(http, inbox), cursor=RowPointer(row_id=row_id(1)), seeded=True)
     assert [r.row_id for r in rows] == [row_id(n) for n in (2, 3, 4, 5)]
     assert rows[1].outcome == "skip"
@@ -221,7 +186,7 @@ async def test_poll_ascending_batch_reads_after_cursor_then_previous_row_skipped
 
 async def test_poll_backlog_oldest_reference_has_no_predecessor(http: Any, env: ActivityEnvironment) -> None:
     """A cold-start backlog is read newest first: the oldest row of the batch has no known predecessor."""
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG), inbox_row(3), inbox_row(4, BIG)])
+    inbox = FakeInbox([inbox_row(1), inbox_row(2, text=BIG), inbox_row(3), inbox_row(4, text=BIG)])
     rows = await poll(env, platform_for(http, inbox), start_from="backlog", backlog_limit=3)
     assert [r.row_id for r in rows] == [row_id(2), row_id(3), row_id(4)]
     assert refs(rows) == {row_id(2): None, row_id(4): row_id(3)}
@@ -230,7 +195,7 @@ async def test_poll_backlog_oldest_reference_has_no_predecessor(http: Any, env: 
 async def test_poll_410_reset_reference_keeps_older_row_read_as_predecessor(
     http: Any, env: ActivityEnvironment
 ) -> None:
-    inbox = FakeInbox([inbox_row(n, BIG if n in (1, 3, 4) else "") for n in range(1, 6)])
+    inbox = FakeInbox([inbox_row(n, text=BIG if n in (1, 3, 4) else None) for n in range(1, 6)])
     cursor = RowPointer(row_id=row_id(99), created_at=T0 + timedelta(seconds=3))
     result = await env.run(platform_for(http, inbox).poll, PollInput(target=TARGET, cursor=cursor, seeded=True))
     assert result.cursor_reset
@@ -260,7 +225,7 @@ async def dispatch_error(env: ActivityEnvironment, platform: PlatformActivities,
 
 
 async def test_dispatch_reference_rereads_row_after_predecessor(http: Any, env: ActivityEnvironment) -> None:
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG), inbox_row(3)])
+    inbox = FakeInbox([inbox_row(1), inbox_row(2, text=BIG), inbox_row(3)])
     platform = platform_for(http, inbox)
     row = await polled_reference(env, platform, cursor=RowPointer(row_id=row_id(1)), seeded=True)
     result = await env.run(DispatchActivities(platform).dispatch, dispatch_input(row))
@@ -270,7 +235,7 @@ async def test_dispatch_reference_rereads_row_after_predecessor(http: Any, env: 
 
 
 async def test_dispatch_reference_without_predecessor_found_among_newest(http: Any, env: ActivityEnvironment) -> None:
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG), inbox_row(3)])
+    inbox = FakeInbox([inbox_row(1), inbox_row(2, text=BIG), inbox_row(3)])
     platform = platform_for(http, inbox)
     row = await polled_reference(env, platform, start_from="backlog", backlog_limit=2)
     assert row.body_ref is not None and row.body_ref.read_after is None
@@ -282,7 +247,7 @@ async def test_dispatch_reference_without_predecessor_found_among_newest(http: A
 async def test_dispatch_reference_predecessor_pruned_410_found_among_newest(
     http: Any, env: ActivityEnvironment
 ) -> None:
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG)])
+    inbox = FakeInbox([inbox_row(1), inbox_row(2, text=BIG)])
     platform = platform_for(http, inbox)
     row = await polled_reference(env, platform, cursor=RowPointer(row_id=row_id(1)), seeded=True)
     inbox.remove(1)
@@ -296,7 +261,7 @@ async def test_dispatch_reference_row_pruned_is_dead_lettered_with_reason(
     http: Any, env: ActivityEnvironment, pruned: tuple[int, ...]
 ) -> None:
     """Another row (or a 410) where the row was, and not among the newest: non-retryable, with a one-line reason."""
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG), inbox_row(3)])
+    inbox = FakeInbox([inbox_row(1), inbox_row(2, text=BIG), inbox_row(3)])
     platform = platform_for(http, inbox)
     row = await polled_reference(env, platform, cursor=RowPointer(row_id=row_id(1)), seeded=True)
     inbox.remove(*pruned)
@@ -308,7 +273,7 @@ async def test_dispatch_reference_row_pruned_is_dead_lettered_with_reason(
 async def test_dispatch_reference_without_predecessor_beyond_newest_500_is_dead_lettered(
     http: Any, env: ActivityEnvironment
 ) -> None:
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG), inbox_row(3)])
+    inbox = FakeInbox([inbox_row(1), inbox_row(2, text=BIG), inbox_row(3)])
     platform = platform_for(http, inbox)
     row = await polled_reference(env, platform, start_from="backlog", backlog_limit=2)
     assert row.body_ref is not None and row.body_ref.read_after is None
@@ -330,7 +295,7 @@ async def test_dispatch_reference_without_predecessor_beyond_newest_500_is_dead_
 async def test_dispatch_reference_transient_platform_error_is_retryable(
     http: Any, env: ActivityEnvironment, failure: httpx.Response | Exception
 ) -> None:
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG)])
+    inbox = FakeInbox([inbox_row(1), inbox_row(2, text=BIG)])
     platform = platform_for(http, inbox)
     row = await polled_reference(env, platform, cursor=RowPointer(row_id=row_id(1)), seeded=True)
     inbox.script.append(failure)
@@ -340,7 +305,7 @@ async def test_dispatch_reference_transient_platform_error_is_retryable(
 
 
 async def test_dispatch_reference_auth_error_is_auth(http: Any, env: ActivityEnvironment) -> None:
-    inbox = FakeInbox([inbox_row(1), inbox_row(2, BIG)])
+    inbox = FakeInbox([inbox_row(1), inbox_row(2, text=BIG)])
     platform = platform_for(http, inbox)
     row = await polled_reference(env, platform, cursor=RowPointer(row_id=row_id(1)), seeded=True)
     inbox.script.append(httpx.Response(401, json={"error": "invalid workspace auth token"}))
@@ -350,7 +315,7 @@ async def test_dispatch_reference_auth_error_is_auth(http: Any, env: ActivityEnv
 
 
 async def test_dispatch_reference_without_platform_client_is_misconfigured(env: ActivityEnvironment) -> None:
-    row = row_to_polled(inbox_row(2, BIG), read_after=row_id(1))
+    row = row_to_polled(inbox_row(2, text=BIG), read_after=row_id(1))
     with pytest.raises(ApplicationError) as info:
         await env.run(DispatchActivities().dispatch, dispatch_input(row))
     assert info.value.type == ErrorType.BACKEND_MISCONFIGURED
