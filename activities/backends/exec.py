@@ -46,6 +46,7 @@ from activities.a2a import DataPart, FilePart, Part, TextPart
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest, BackendResponse
 from activities.backends.options import BackendOptions, Duration, format_duration, parse_options
 from activities.backends.process_group import group_alive, signal_group, terminate_group
+from activities.backends.spawn import Child, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +202,9 @@ async def run_in_group(
 ) -> ProcessOutcome:
     """Run a command as the leader of its own process group, feeding stdin and reading stdout and stderr.
 
-    The shared process discipline of the command backends (``exec``, ``claude-code``): no shell, a new session
-    and process group, the whole group ended on timeout, cancellation or output over the cap (SIGTERM,
+    The shared process discipline of the command backends (``exec``, ``claude-code``): no shell, started by
+    :func:`~activities.backends.spawn.spawn` (``vfork``, never a fork of the worker), a new session and process
+    group, the whole group ended on timeout, cancellation or output over the cap (SIGTERM,
     ``grace``, SIGKILL), and processes left in the background after a normal exit sent SIGTERM.
 
     Args:
@@ -226,15 +228,7 @@ async def run_in_group(
         asyncio.CancelledError: The caller was cancelled; the process group was ended first.
     """
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,
-        )
+        process = await spawn(argv, env=env, cwd=cwd)
     except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
         where = f" in {cwd!r}" if cwd else ""
         raise BackendConfigError(f"{backend}: cannot run {argv[0]!r}{where}: {err.strerror}; {hint}") from err
@@ -402,7 +396,7 @@ def _check_program(program: str, cwd: str | None) -> None:
         )
 
 
-async def _communicate(process: asyncio.subprocess.Process, stdin_bytes: bytes, backend: str) -> tuple[bytes, str]:
+async def _communicate(process: Child, stdin_bytes: bytes, backend: str) -> tuple[bytes, str]:
     """Feed stdin while reading stdout and stderr, so a command that writes before reading never stalls.
 
     Returns:
@@ -429,8 +423,10 @@ async def _communicate(process: asyncio.subprocess.Process, stdin_bytes: bytes, 
 async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
     """Write the input and close stdin, so the command sees end of file."""
     try:
-        stdin.write(data)
-        await stdin.drain()
+        # uvloop closes a write pipe as soon as its reader is gone, and then refuses writes (RuntimeError).
+        if not stdin.is_closing():
+            stdin.write(data)
+            await stdin.drain()
     except (BrokenPipeError, ConnectionResetError):
         # The command exited or closed stdin without reading everything; its exit status and output decide.
         pass

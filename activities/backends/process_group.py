@@ -16,6 +16,10 @@ import os
 import signal
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from activities.backends.spawn import Child
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-async def terminate_group(process: asyncio.subprocess.Process, grace: timedelta) -> None:
+async def terminate_group(process: Child, grace: timedelta) -> None:
     """End a child's whole process group: SIGTERM, up to ``grace`` to exit, then SIGKILL; then reap the child.
 
     Safe to call when the group has already exited. If the caller is cancelled during the grace period, the

@@ -1,0 +1,121 @@
+"""spawn(): command processes started with vfork and watched by a pidfd, on asyncio's loop and on uvloop.
+
+Every async test here runs once per loop (tests/conftest.py, ``pytest_asyncio_loop_factories``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from activities.backends import spawn as spawn_module
+from activities.backends.spawn import pidfd_supported, spawn
+
+_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter from /proc (``Z`` for a zombie), or ``None`` once it is reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[0]
+
+
+@pytest.fixture(params=["pidfd", "asyncio-fallback"])
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Both ways of starting a child: the pidfd path (where supported) and asyncio's own subprocess."""
+    if request.param == "pidfd":
+        if not pidfd_supported():
+            pytest.skip("no pidfd on this system")
+    else:
+        monkeypatch.setattr(spawn_module, "pidfd_supported", lambda: False)
+    yield request.param
+
+
+async def test_tests_run_on_the_loop_they_are_named_after(request: pytest.FixtureRequest):
+    loop_name = type(asyncio.get_running_loop()).__module__
+
+    assert loop_name.startswith("uvloop") == ("uvloop" in request.node.name)
+
+
+async def test_spawn_pipes_round_trip_and_exit_status(spawn_path: str):
+    child = await spawn(["sh", "-c", "cat; echo err >&2; exit 3"], env=_ENV, cwd=None)
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+
+    child.stdin.write(b"hello")
+    await child.stdin.drain()
+    child.stdin.close()
+
+    assert await child.stdout.read() == b"hello"
+    assert await child.stderr.read() == b"err\n"
+    assert await child.wait() == 3
+    assert await child.wait() == 3, "wait() may be called again"
+
+
+async def test_spawn_child_leads_its_own_process_group(spawn_path: str):
+    child = await spawn(["sleep", "5"], env=_ENV, cwd=None)
+
+    assert os.getpgid(child.pid) == child.pid
+    os.killpg(child.pid, signal.SIGTERM)
+    assert await child.wait() == -signal.SIGTERM
+
+
+async def test_spawn_reaps_a_child_nobody_waits_for(spawn_path: str):
+    """No zombie is left behind when the caller never awaits wait() (e.g. it was cancelled)."""
+    child = await spawn(["true"], env=_ENV, cwd=None)
+    pid = child.pid
+    assert child.stdout is not None
+    await child.stdout.read()
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while _state(pid) is not None and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert _state(pid) is None, f"pid {pid} still in /proc (state {_state(pid)})"
+
+
+async def test_spawn_in_directory_with_given_environment(spawn_path: str, tmp_path: Path):
+    child = await spawn(["sh", "-c", 'pwd; echo "$ONLY"'], env={**_ENV, "ONLY": "this"}, cwd=str(tmp_path))
+    assert child.stdout is not None
+
+    lines = (await child.stdout.read()).decode().splitlines()
+
+    assert await child.wait() == 0
+    assert Path(lines[0]).resolve() == tmp_path.resolve()
+    assert lines[1] == "this"
+
+
+@pytest.mark.parametrize(
+    ("argv", "cwd", "error"),
+    [
+        (["no-such-program-xyz"], None, FileNotFoundError),
+        (["true"], "/no/such/directory", FileNotFoundError),
+    ],
+)
+async def test_spawn_unusable_program_or_directory_raises(
+    spawn_path: str, argv: list[str], cwd: str | None, error: type[Exception]
+):
+    with pytest.raises(error):
+        await spawn(argv, env=_ENV, cwd=cwd)
+
+
+async def test_spawn_many_concurrent_children(spawn_path: str):
+    async def run_one(n: int) -> bytes:
+        child = await spawn(["cat"], env=_ENV, cwd=None)
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(str(n).encode())
+        child.stdin.close()
+        output = await child.stdout.read()
+        assert await child.wait() == 0
+        return output
+
+    outputs = await asyncio.gather(*(run_one(n) for n in range(50)))
+
+    assert outputs == [str(n).encode() for n in range(50)]
