@@ -112,7 +112,8 @@ async def _measure(stack: Stack, implementation: str, params: ThroughputParams) 
             sdk = {}
             if handles:
                 sdk = _per_message(sdk_before, await stack.sdk_metrics(), params.workspaces * params.messages)
-            runs.append({**burst, "resources": resources, "temporal": sdk})
+            handling = (await stack.platform.stats())["handling_ms"]
+            runs.append({**burst, "resources": resources, "temporal": sdk, "platform_handling_ms": handling})
         for handle in handles:
             events = (await handle.fetch_history()).events
             history_events += len(events)
@@ -138,6 +139,7 @@ async def _measure(stack: Stack, implementation: str, params: ThroughputParams) 
                 "worker_cpu_ms_per_msg": round(worker["cpu_s"] * 1000 / len(mine), 3) if worker else None,
                 "resources": r["resources"],
                 "temporal": r["temporal"],
+                "platform_handling_ms": r["platform_handling_ms"],
                 **summary_ms(mine),
             }
         )

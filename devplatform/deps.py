@@ -1,5 +1,10 @@
 """Request dependencies: app state, bearer auth, the tenant rule and JSON bodies (PROTOCOL.md §2, §3.4).
 
+Every dependency is ``async def``: none blocks (a SQLite lookup by index takes microseconds, and the handlers call
+the database from the event loop anyway), and FastAPI runs a plain ``def`` dependency in its thread pool, a hop per
+dependency per request. Under a burst those hops, fighting for the GIL and the database lock, made a reply's
+``POST /a2a`` take 30 ms at the median (benchmarks/RESULTS.md).
+
 Auth rules, in one place:
 
 - a **workspace bearer** acts only on its own workspace: unknown or missing token ``401``, another workspace's
@@ -28,19 +33,19 @@ from devplatform.settings import PlatformSettings
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def get_settings(request: Request) -> PlatformSettings:
+async def get_settings(request: Request) -> PlatformSettings:
     """The app's settings."""
     settings: PlatformSettings = request.app.state.settings
     return settings
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     """The app's database (opened by the lifespan)."""
     db: Database = request.app.state.db
     return db
 
 
-def get_faults(request: Request) -> FaultInjector:
+async def get_faults(request: Request) -> FaultInjector:
     """The app's fault injector."""
     faults: FaultInjector = request.app.state.faults
     return faults
@@ -51,7 +56,7 @@ DbDep = Annotated[Database, Depends(get_db)]
 FaultsDep = Annotated[FaultInjector, Depends(get_faults)]
 
 
-def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
+async def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or ``None`` when absent or empty."""
     if not authorization:
         return None
@@ -68,7 +73,7 @@ def is_admin(token: str | None, settings: PlatformSettings) -> bool:
     return token is not None and hmac.compare_digest(token.encode(), settings.admin_token.encode())
 
 
-def require_admin(token: BearerDep, settings: SettingsDep) -> None:
+async def require_admin(token: BearerDep, settings: SettingsDep) -> None:
     """Guard of the ``/admin`` router.
 
     Raises:
@@ -113,7 +118,7 @@ def authenticate_workspace(db: Database, token: str | None, workspace_id: str) -
     return record
 
 
-def own_workspace(workspace_id: str, token: BearerDep, db: DbDep) -> WorkspaceRecord:
+async def own_workspace(workspace_id: str, token: BearerDep, db: DbDep) -> WorkspaceRecord:
     """The path's workspace, called by its own bearer, and not removed.
 
     Raises:
@@ -128,7 +133,7 @@ def own_workspace(workspace_id: str, token: BearerDep, db: DbDep) -> WorkspaceRe
 OwnWorkspaceDep = Annotated[WorkspaceRecord, Depends(own_workspace)]
 
 
-def readable_workspace(
+async def readable_workspace(
     workspace_id: str, token: BearerDep, db: DbDep, settings: SettingsDep
 ) -> WorkspaceRecord:
     """The path's workspace, read by its own bearer or by the admin token; removed workspaces included.
@@ -164,7 +169,7 @@ class Sender:
         return None if self.workspace is None else self.workspace.id
 
 
-def a2a_sender(
+async def a2a_sender(
     token: BearerDep,
     db: DbDep,
     settings: SettingsDep,
@@ -195,7 +200,7 @@ def a2a_sender(
 SenderDep = Annotated[Sender, Depends(a2a_sender)]
 
 
-def require_tenant_headers(request: Request, settings: SettingsDep) -> None:
+async def require_tenant_headers(request: Request, settings: SettingsDep) -> None:
     """The hosted-platform rule for ``/workspaces/*`` (PROTOCOL.md §2), when enabled in settings.
 
     Raises:

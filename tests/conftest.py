@@ -3,7 +3,6 @@ a devplatform on a temp SQLite file over loopback, and a harness to create works
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -66,24 +65,3 @@ async def admin(platform: RunningPlatform) -> AsyncIterator[AsyncPlatformAdmin]:
 @pytest_asyncio.fixture
 async def harness(client: Client, task_queue: str, platform: RunningPlatform, admin: AsyncPlatformAdmin) -> Harness:
     return Harness(client=client, task_queue=task_queue, platform=platform, admin=admin)
-
-
-_BOTH_LOOPS_MODULES = frozenset(
-    {"test_backend_exec", "test_backend_exec_json", "test_backend_claude_code", "test_backend_spawn"}
-)
-"""Modules whose async tests run on asyncio's loop and on uvloop (the worker's default, worker/loop.py): process
-spawning and pipes differ between the two."""
-
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object] | None:
-    """Run the command backends' tests once per event loop the worker may use (pytest-asyncio hook)."""
-    module = getattr(item, "module", None)
-    if module is None or module.__name__.rsplit(".", 1)[-1] not in _BOTH_LOOPS_MODULES:
-        return None
-    factories: dict[str, object] = {"asyncio": asyncio.new_event_loop}
-    try:
-        import uvloop
-    except ImportError:
-        return factories
-    factories["uvloop"] = uvloop.new_event_loop
-    return factories

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,3 +120,46 @@ async def test_spawn_many_concurrent_children(spawn_path: str):
     outputs = await asyncio.gather(*(run_one(n) for n in range(50)))
 
     assert outputs == [str(n).encode() for n in range(50)]
+
+
+async def test_spawn_closes_each_pipe_once_while_other_threads_open_files(spawn_path: str):
+    """A pipe end closed twice closes whatever another thread has since opened under that number (on uvloop it
+    was, until the file objects stopped owning their descriptors there): that thread's files must survive."""
+    stop = threading.Event()
+    errors: list[OSError] = []
+
+    def open_and_close_pipes() -> None:
+        while not stop.is_set():
+            read_end, write_end = os.pipe()
+            try:
+                os.write(write_end, b"x")
+                os.read(read_end, 1)
+                os.close(read_end)
+                os.close(write_end)
+            except OSError as err:  # EBADF: someone else closed our descriptor
+                errors.append(err)
+
+    async def run_one(n: int) -> bytes:
+        child = await spawn(["cat"], env=_ENV, cwd=None)
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+        child.stdin.write(str(n).encode())
+        child.stdin.close()
+        output = await child.stdout.read()
+        await child.stderr.read()
+        assert await child.wait() == 0
+        return output
+
+    fds_before = len(os.listdir("/proc/self/fd"))
+    thread = threading.Thread(target=open_and_close_pipes)
+    thread.start()
+    try:
+        for batch in range(10):
+            outputs = await asyncio.gather(*(run_one(n) for n in range(20)))
+            assert outputs == [str(n).encode() for n in range(20)], f"batch {batch}"
+    finally:
+        stop.set()
+        thread.join()
+    await asyncio.sleep(0.05)  # let the last transports finish closing
+
+    assert errors == []
+    assert len(os.listdir("/proc/self/fd")) <= fds_before, "pipe ends leaked"
