@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE, RequestBudgets
 from activities.dispatch import DispatchActivities
 from activities.platform import PlatformActivities, TokenLookup
+from worker.http import platform_client
 from workflows.connect import ConnectWorkflow
 
 HTTP_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
@@ -76,10 +77,7 @@ async def running_worker(
         The running ``Worker``.
     """
     budgets = RequestBudgets(per_minute=request_budget_per_min, burst=request_burst)
-    http = httpx.AsyncClient(
-        timeout=HTTP_TIMEOUT,
-        limits=HTTP_LIMITS,
-    )
+    http = platform_client(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS)
     platform = PlatformActivities(http, token_for, org_id=org_id, agent_version=agent_version(), budgets=budgets)
     dispatch = DispatchActivities(platform)
     worker = Worker(
