@@ -35,6 +35,7 @@ from activities.backends import Backend, BackendRequest, create_backend
 from activities.messages import BackendSpec, PolledRow
 from activities.platform import INBOX_TYPE, row_to_polled
 from devplatform.client import CreatedWorkspace
+from worker.http import platform_client
 
 logger = logging.getLogger(__name__)
 
@@ -293,12 +294,14 @@ async def running_baseline(
 ) -> AsyncIterator[list[BaselineConnector]]:
     """Run one :class:`BaselineConnector` per workspace in this process for the ``async with`` block.
 
-    One pooled ``httpx.AsyncClient`` and one backend are shared, as the connector's worker shares them.
+    One pooled ``httpx.AsyncClient`` and one backend are shared, as the connector's worker shares them; the client
+    is the worker's own (:func:`worker.http.platform_client`, on aiohttp's pool), so a ratio to the baseline measures
+    the delivery engine, not two HTTP stacks.
     """
     spec = backend or BackendSpec()
     shared_backend = create_backend(spec.name, spec.options)
     limits = httpx.Limits(max_connections=max(2 * len(workspaces), 10), max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits) as http:
+    async with platform_client(timeout=HTTP_TIMEOUT, limits=limits) as http:
         connectors = [
             BaselineConnector(
                 http,
