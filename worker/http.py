@@ -8,12 +8,15 @@ benchmarks/RESULTS.md). The activities keep speaking ``httpx`` (requests, respon
 transport changes, through the ``httpx-aiohttp`` package.
 
 ``MOLECULE_CONNECT_HTTP_TRANSPORT=httpx`` switches back to httpx's own transport (e.g. to rule the pool out when
-debugging); the default is ``aiohttp``.
+debugging); the default is ``aiohttp``. httpx's transport is also used when a proxy is configured in the environment
+(``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, with ``NO_PROXY``): httpx applies those only to its own transport,
+and a worker behind a proxy must keep reaching its platform.
 """
 
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -72,6 +75,11 @@ class _MappedStream(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
+def _proxy_configured() -> bool:
+    """Whether the environment names an HTTP proxy (what httpx's ``trust_env`` would honour)."""
+    return any(scheme in urllib.request.getproxies() for scheme in ("http", "https", "all"))
+
+
 def platform_client(*, timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.AsyncClient:
     """A new ``httpx.AsyncClient`` for platform calls, on aiohttp's pool unless turned off (module docstring).
 
@@ -83,6 +91,6 @@ def platform_client(*, timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.As
     Returns:
         The client; close it with ``await client.aclose()``.
     """
-    if os.environ.get(HTTP_TRANSPORT_ENV, "aiohttp").strip().lower() == "httpx":
+    if os.environ.get(HTTP_TRANSPORT_ENV, "aiohttp").strip().lower() == "httpx" or _proxy_configured():
         return httpx.AsyncClient(timeout=timeout, limits=limits)
     return httpx.AsyncClient(timeout=timeout, transport=PlatformTransport(limits=limits))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -69,3 +71,17 @@ def test_cli_help_and_params_parse() -> None:
     assert params.backend_options == {"template": "x {text}"}
     with pytest.raises(SystemExit):
         parser.parse_args(["latency", "--help"])
+
+
+def test_spawn_cost_smoke_run_reports_every_combination() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.spawn_cost", "--spawns", "10", "--heaps", "5"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ") and "MiB" in line]
+    assert len(rows) == 4, completed.stdout  # 2 loops × 1 heap × 2 spawners
+    assert {row.split("|")[3].strip() for row in rows} == {"`create_subprocess_exec`", "`spawn()`"}

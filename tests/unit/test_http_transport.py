@@ -82,11 +82,23 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
 
 
 def test_platform_client_uses_aiohttp_unless_turned_off(monkeypatch: pytest.MonkeyPatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv(HTTP_TRANSPORT_ENV, raising=False)
     assert isinstance(platform_client(timeout=TIMEOUT, limits=LIMITS)._transport, PlatformTransport)
 
     monkeypatch.setenv(HTTP_TRANSPORT_ENV, "httpx")
     assert isinstance(platform_client(timeout=TIMEOUT, limits=LIMITS)._transport, httpx.AsyncHTTPTransport)
+
+
+def test_platform_client_behind_a_proxy_keeps_httpx_transport_which_honours_it(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(HTTP_TRANSPORT_ENV, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+
+    client = platform_client(timeout=TIMEOUT, limits=LIMITS)
+
+    assert isinstance(client._transport, httpx.AsyncHTTPTransport)
+    assert client._transport_for_url(httpx.URL("https://platform.example/registry/heartbeat")) is not client._transport
 
 
 async def test_requests_and_json_round_trip_over_kept_alive_connections(serve):
