@@ -23,11 +23,14 @@ from worker.http import platform_client
 from workflows.connect import ConnectWorkflow
 
 HTTP_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
-"""Platform calls: a read over 30 s is a hung platform (long-polling happens in our loop, not the server's)."""
+"""Platform calls: a read over 30 s is a hung platform (long-polling happens in our loop, not the server's). On the
+default aiohttp transport (worker/http.py) ``pool`` bounds the pool wait and connect together, and ``write`` is not
+applied."""
 HTTP_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=32)
 """Connections to the platform, shared by every connector of the worker. Platform calls take milliseconds (the long
-poll waits in our loop, not on a socket), so 32 carry hundreds of workspaces; more costs CPU, as httpcore checks
-every pooled connection on each request (7.5 → 7.0 ms of worker CPU per message at 50 workspaces, RESULTS.md)."""
+poll waits in our loop, not on a socket), so 32 carry hundreds of workspaces (500 in the fleet benchmark). On httpx's
+own transport (``MOLECULE_CONNECT_HTTP_TRANSPORT=httpx``) more would cost CPU, as httpcore checks every pooled
+connection on each request (7.5 → 7.0 ms of worker CPU per message at 50 workspaces when capped, RESULTS.md)."""
 
 
 def metrics_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
