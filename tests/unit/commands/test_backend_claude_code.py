@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from activities.backends import create_backend
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
 from activities.backends.claude_code import ClaudeCodeBackend, session_id
 from activities.backends.exec import ExecFailedError
+from tests.unit.commands.processes import process_running, wait_until
 
 FAKE_CLAUDE = """\
 #!{python}
@@ -220,26 +219,6 @@ async def test_claude_code_nonzero_exit_raises_with_stderr_tail_and_writes_no_ma
     assert await _reply(backend, _request("retry")) == "turn 2: retry"
 
 
-async def _wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
-
-
 def _pids(cwd: Path) -> list[int]:
     return [int(pid) for pid in (cwd / "claude.pid").read_text().split()]
 
@@ -251,21 +230,21 @@ async def test_claude_code_timeout_kills_process_group(fake_claude: Path, tmp_pa
         await backend.handle(_request("hang"))
 
     pids = _pids(tmp_path)
-    await _wait_until(lambda: not [pid for pid in pids if _running(pid)])
+    await wait_until(lambda: not [pid for pid in pids if process_running(pid)], timeout_s=10.0)
 
 
 async def test_claude_code_cancel_kills_process_group_and_reraises(fake_claude: Path, tmp_path: Path):
     backend = _backend(fake_claude, tmp_path, cwd=str(tmp_path))
     task = asyncio.create_task(backend.handle(_request("hang")))
-    await _wait_until(lambda: (tmp_path / "claude.pid").exists())
+    await wait_until(lambda: (tmp_path / "claude.pid").exists(), timeout_s=10.0)
     pids = _pids(tmp_path)
-    assert all(_running(pid) for pid in pids)
+    assert all(process_running(pid) for pid in pids)
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    await _wait_until(lambda: not [pid for pid in pids if _running(pid)])
+    await wait_until(lambda: not [pid for pid in pids if process_running(pid)], timeout_s=10.0)
 
 
 def test_claude_code_defaults_are_claude_on_path_and_five_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from activities.a2a import A2AMessage, TextPart
 from activities.backends import exec as exec_backend
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
 from activities.backends.exec import ExecBackend, ExecFailedError, metadata_env
+from tests.unit.commands.processes import process_running, wait_until
 
 
 def _request(text: str = "hello", *, source_id: str | None = "ws-peer", attempt: int = 1) -> BackendRequest:
@@ -34,27 +33,6 @@ async def _reply(backend: ExecBackend, text: str = "hello", **fields) -> str:
     part = response.parts[0]
     assert isinstance(part, TextPart)
     return part.text
-
-
-async def _wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-def _running(pid: int) -> bool:
-    """Whether a process exists and has not exited (a zombie waiting for a reaper counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def _pids(directory: Path) -> list[int]:
@@ -180,21 +158,21 @@ async def test_exec_timeout_kills_whole_process_group(tmp_path: Path):
         await backend.handle(_request())
 
     pids = _pids(tmp_path)
-    assert not [pid for pid in pids if _running(pid)]
+    assert not [pid for pid in pids if process_running(pid)]
 
 
 async def test_exec_cancel_kills_whole_process_group_and_reraises(tmp_path: Path):
     backend = ExecBackend({"cmd": _TREE, "cwd": str(tmp_path), "timeout": "30s"})
     task = asyncio.create_task(backend.handle(_request()))
-    await _wait_until(lambda: (tmp_path / "grandchild.pid").exists())
+    await wait_until(lambda: (tmp_path / "grandchild.pid").exists())
     pids = _pids(tmp_path)
-    assert all(_running(pid) for pid in pids)
+    assert all(process_running(pid) for pid in pids)
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    assert not [pid for pid in pids if _running(pid)]
+    assert not [pid for pid in pids if process_running(pid)]
 
 
 async def test_exec_group_ignoring_sigterm_is_killed_after_grace(tmp_path: Path):
@@ -205,7 +183,7 @@ async def test_exec_group_ignoring_sigterm_is_killed_after_grace(tmp_path: Path)
         await backend.handle(_request())
 
     # SIGKILLed processes may take a moment to be reaped on a loaded machine.
-    await _wait_until(lambda: not [pid for pid in _pids(tmp_path) if _running(pid)])
+    await wait_until(lambda: not [pid for pid in _pids(tmp_path) if process_running(pid)])
 
 
 async def test_exec_background_leftovers_get_sigterm_after_success():
@@ -214,7 +192,7 @@ async def test_exec_background_leftovers_get_sigterm_after_success():
 
     leftover = int(await _reply(backend))
 
-    await _wait_until(lambda: not _running(leftover))
+    await wait_until(lambda: not process_running(leftover))
 
 
 async def test_exec_output_over_cap_raises_backend_error_and_kills(
@@ -226,7 +204,7 @@ async def test_exec_output_over_cap_raises_backend_error_and_kills(
     with pytest.raises(BackendError, match="output exceeded 100000 bytes"):
         await backend.handle(_request())
 
-    assert not _running(int((tmp_path / "shell.pid").read_text()))
+    assert not process_running(int((tmp_path / "shell.pid").read_text()))
 
 
 def test_exec_command_not_on_path_raises_config_error():

@@ -16,17 +16,9 @@ import pytest
 
 from activities.backends import spawn as spawn_module
 from activities.backends.spawn import pidfd_supported, spawn
+from tests.unit.commands.processes import process_state
 
 _ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-
-
-def _state(pid: int) -> str | None:
-    """The process state letter from /proc (``Z`` for a zombie), or ``None`` once it is reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2 :].split()[0]
 
 
 @pytest.fixture(params=["pidfd", "asyncio-fallback"])
@@ -77,9 +69,9 @@ async def test_spawn_reaps_a_child_nobody_waits_for(spawn_path: str):
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
-    while _state(pid) is not None and loop.time() < deadline:
+    while process_state(pid) is not None and loop.time() < deadline:
         await asyncio.sleep(0.01)
-    assert _state(pid) is None, f"pid {pid} still in /proc (state {_state(pid)})"
+    assert process_state(pid) is None, f"pid {pid} still in /proc (state {process_state(pid)})"
 
 
 async def test_spawn_in_directory_with_given_environment(spawn_path: str, tmp_path: Path):
