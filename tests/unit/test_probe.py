@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-import worker.cli
+import worker.cli.common
 from activities.probe import ZERO_CURSOR, PlatformProbeError, probe_platform
 from devplatform.client import AsyncPlatformAdmin, CreatedWorkspace
 from devplatform.server import RunningPlatform
@@ -206,7 +206,7 @@ def test_run_probe_platform_too_old_exits_2_one_line(cli_env, capsys, monkeypatc
         async with _recording(200, [], seen) as http:
             await real_probe(*args, **kwargs, http=http)
 
-    monkeypatch.setattr(worker.cli, "probe_platform", probe_old_platform)
+    monkeypatch.setattr(worker.cli.common, "probe_platform", probe_old_platform)
     monkeypatch.setenv("MOLECULE_WORKSPACE_TOKEN", "tok")
     monkeypatch.setenv("MOLECULE_ORG_ID", "org-3")
 
