@@ -154,7 +154,10 @@ class PlatformAdmin:
         return self._run(self._calls.inbox(workspace_id, token, since_id, limit, type, source, since_secs))
 
     def rows(self, workspace_id: str) -> list[dict[str, Any]]:
-        """Every row of an inbox, oldest first, with ``message_id`` and ``duplicates``."""
+        """Every row of an inbox, oldest first, with ``message_id`` and ``duplicates``.
+
+        A row made by :meth:`insert_raw_row` has ``request_body_json`` (the stored text) instead of ``request_body``.
+        """
         return self._run(self._calls.rows(workspace_id))
 
     def insert_raw_row(

@@ -139,7 +139,8 @@ class ActivityRow:
         """The wire shape: ``request_body``/``response_body`` omitted when null (PROTOCOL.md §4).
 
         Args:
-            admin: Add ``message_id`` and ``duplicates`` (the admin view; they are not part of the protocol).
+            admin: Add ``message_id`` and ``duplicates`` (the admin view; they are not part of the protocol), and
+                give a :class:`RawJson` body as the string ``request_body_json`` instead of verbatim JSON.
         """
         body: dict[str, Any] = {
             "id": self.id,
@@ -155,7 +156,12 @@ class ActivityRow:
         }
         if self.request_body is not None:
             request_body = self.request_body
-            body["request_body"] = request_body.fragment() if type(request_body) is RawJson else request_body
+            if type(request_body) is not RawJson:
+                body["request_body"] = request_body
+            elif admin:
+                body["request_body_json"] = request_body.text  # readable by any client, however hostile the text
+            else:
+                body["request_body"] = request_body.fragment()
         if self.response_body is not None:
             body["response_body"] = self.response_body
         if admin:

@@ -146,6 +146,8 @@ async def remove_workspace(workspace_id: str, db: DbDep) -> OrjsonResponse:
 async def list_rows(workspace_id: str, db: DbDep) -> OrjsonResponse:
     """Every row of a workspace's inbox, oldest first, with ``message_id`` and ``duplicates`` added.
 
+    A hostile row's body comes as the string ``request_body_json`` (its stored text), so this view always parses.
+
     Raises:
         ApiError: ``404`` for an unknown id.
     """

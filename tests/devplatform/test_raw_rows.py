@@ -117,11 +117,24 @@ async def test_raw_row_fields_and_created_at(platform: Harness) -> None:
         ws.id,
     )
     assert raw["created_at"] == "2099-01-01T00:00:00.000000Z"
-    assert raw["request_body"] == [1, 2]
+    assert raw["request_body_json"] == "[1, 2]" and "request_body" not in raw
     # created_at never goes backwards: the row sent after it is not older.
     assert rows[1]["created_at"] >= raw["created_at"]
     # Stored and served verbatim, spaces included.
     assert b'"request_body":[1, 2]' in (await platform.poll(ws)).content
+
+
+async def test_admin_rows_view_stays_readable_with_hostile_rows(platform: Harness) -> None:
+    """The inbox serves hostile bodies verbatim; the admin view gives their text, so its client still parses."""
+    ws, peer = await platform.workspace(), await platform.workspace()
+    await platform.admin.insert_raw_row(ws.id, request_body_json=DEEP_BODY)
+    await platform.admin.insert_raw_row(ws.id, request_body_json=SURROGATE_BODY, id="row-7")
+    await platform.send_text(ws.id, "plain", sender=peer)
+
+    deep, surrogate, plain = await platform.admin.rows(ws.id)
+
+    assert (deep["request_body_json"], surrogate["request_body_json"]) == (DEEP_BODY, SURROGATE_BODY)
+    assert plain["request_body"]["params"]["message"]["parts"][0]["text"] == "plain"
 
 
 async def test_raw_row_admin_only_unknown_workspace_duplicate_id(platform: Harness) -> None:
