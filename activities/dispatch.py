@@ -35,6 +35,7 @@ from activities.backends.base import (
 from activities.errors import ErrorType
 from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyInput, ReplyPart
 from activities.platform import PlatformActivities, RowNotFoundError
+from activities.tracing import backend_span, reply_span
 
 MAX_REPLY_TEXT_BYTES = 512 * 1024
 """Reply text above this is cut with a visible marker: results live in history (2 MiB payload limit)."""
@@ -146,7 +147,8 @@ class DispatchActivities:
             text=text,
             attempt=attempt,
         )
-        return await backend.handle(request)
+        with backend_span(input):
+            return await backend.handle(request)
 
     @activity.defn(name="dispatch")
     async def dispatch(self, input: DispatchInput) -> DispatchResult:
@@ -209,7 +211,8 @@ class DispatchActivities:
         if not input.send_reply or self._platform is None:
             return DispatchResult(parts=parts, truncated=truncated)
         try:
-            reply = await self._platform.send_reply(ReplyInput(target=input.target, row=input.row, parts=parts))
+            with reply_span(input):
+                reply = await self._platform.send_reply(ReplyInput(target=input.target, row=input.row, parts=parts))
         except ApplicationError as err:
             # The backend's work is kept: the workflow sends these parts with its own ``reply`` activity, whose
             # retry policy and failure classes (auth → blocked, permanent → dead letter) then apply.

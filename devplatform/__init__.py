@@ -32,6 +32,7 @@ Contract: PROTOCOL.md §3–6, reproduced as the platform does it, not as client
   headers (``404``, empty body); requests over ``rate_limit_per_min`` get ``429``.
 
 Beyond the protocol, ``/admin`` (admin token) creates workspaces, rotates tokens, removes workspaces, lists
-rows, prunes, sweeps and injects faults; it is neither rate limited nor faulted. Push delivery is not
+rows, inserts hostile rows (a ``request_body`` stored as raw JSON text and served verbatim, any row id),
+prunes, sweeps and injects faults; it is neither rate limited nor faulted. Push delivery is not
 implemented.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -185,6 +186,10 @@ class CallBuilder:
         """``GET /admin/workspaces/{id}/rows``."""
         return Call("GET", f"/admin/workspaces/{workspace_id}/rows", self._admin, _identity)
 
+    def insert_raw_row(self, workspace_id: str, row: dict[str, Any]) -> Call[str]:
+        """``POST /admin/workspaces/{id}/rows``."""
+        return Call("POST", f"/admin/workspaces/{workspace_id}/rows", self._admin, lambda j: str(j["id"]), json=row)
+
     def prune(
         self, workspace_id: str | None, before_row_id: str | None, older_than_s: float | None
     ) -> Call[int]:
@@ -238,6 +243,33 @@ def fault_body(
     }
     # ``count: null`` is meaningful (unlimited), so it is always sent.
     return {k: v for k, v in fault.items() if v is not None or k == "count"}
+
+
+def raw_row_body(
+    request_body_json: str,
+    row_id: str | None,
+    method: str | None,
+    source_id: str | None,
+    target_id: str | None,
+    status: str,
+    activity_type: str,
+    summary: str | None,
+    created_at: datetime | None,
+) -> dict[str, Any]:
+    """The JSON of ``POST /admin/workspaces/{id}/rows`` (see :class:`devplatform.routes.admin.RawRowRequest`)."""
+    body = {
+        "request_body_json": request_body_json,
+        "id": row_id,
+        "method": method,
+        "source_id": source_id,
+        "target_id": target_id,
+        "status": status,
+        "activity_type": activity_type,
+        "summary": summary,
+        "created_at": None if created_at is None else created_at.isoformat(),
+    }
+    # ``method: null`` is meaningful (a row without a method), so it is always sent.
+    return {k: v for k, v in body.items() if v is not None or k == "method"}
 
 
 def default_headers(base_url: str) -> dict[str, str]:

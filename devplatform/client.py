@@ -12,6 +12,7 @@ This is a harness, not the connector: the connector's own HTTP client lives in `
 
 from __future__ import annotations
 
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -24,6 +25,7 @@ from devplatform.calls import (
     PlatformRequestError,
     default_headers,
     fault_body,
+    raw_row_body,
     text_message,
 )
 
@@ -152,8 +154,50 @@ class PlatformAdmin:
         return self._run(self._calls.inbox(workspace_id, token, since_id, limit, type, source, since_secs))
 
     def rows(self, workspace_id: str) -> list[dict[str, Any]]:
-        """Every row of an inbox, oldest first, with ``message_id`` and ``duplicates``."""
+        """Every row of an inbox, oldest first, with ``message_id`` and ``duplicates``.
+
+        A row made by :meth:`insert_raw_row` has ``request_body_json`` (the stored text) instead of ``request_body``.
+        """
         return self._run(self._calls.rows(workspace_id))
+
+    def insert_raw_row(
+        self,
+        workspace_id: str,
+        *,
+        request_body_json: str,
+        id: str | None = None,
+        method: str | None = "message/send",
+        source_id: str | None = None,
+        target_id: str | None = None,
+        status: str = "ok",
+        activity_type: str = "a2a_receive",
+        summary: str | None = None,
+        created_at: datetime | None = None,
+    ) -> str:
+        """Put a hostile row in an inbox (``POST /admin/workspaces/{id}/rows``); returns its id.
+
+        For tests of rows a real platform could return but ``send_message`` cannot make: a body nested
+        1,500 deep, a lone surrogate escape, a row id that is not a UUID.
+
+        Args:
+            workspace_id: Whose inbox.
+            request_body_json: ``request_body`` as JSON text, served byte for byte by the inbox (unchecked).
+            id: Row id, any string; a fresh UUID when ``None``.
+            method: JSON-RPC method.
+            source_id: Sender workspace; ``None`` is the canvas.
+            target_id: Receiver; ``None`` is ``workspace_id``.
+            status: Row status.
+            activity_type: Row type.
+            summary: One human line.
+            created_at: Row time (timezone-aware); now when ``None``.
+
+        Raises:
+            PlatformRequestError: ``404`` unknown workspace, ``409`` ``id`` already taken.
+        """
+        body = raw_row_body(
+            request_body_json, id, method, source_id, target_id, status, activity_type, summary, created_at
+        )
+        return self._run(self._calls.insert_raw_row(workspace_id, body))
 
     def prune(
         self,
@@ -299,6 +343,26 @@ class AsyncPlatformAdmin:
     async def rows(self, workspace_id: str) -> list[dict[str, Any]]:
         """See :meth:`PlatformAdmin.rows`."""
         return await self._run(self._calls.rows(workspace_id))
+
+    async def insert_raw_row(
+        self,
+        workspace_id: str,
+        *,
+        request_body_json: str,
+        id: str | None = None,
+        method: str | None = "message/send",
+        source_id: str | None = None,
+        target_id: str | None = None,
+        status: str = "ok",
+        activity_type: str = "a2a_receive",
+        summary: str | None = None,
+        created_at: datetime | None = None,
+    ) -> str:
+        """See :meth:`PlatformAdmin.insert_raw_row`."""
+        body = raw_row_body(
+            request_body_json, id, method, source_id, target_id, status, activity_type, summary, created_at
+        )
+        return await self._run(self._calls.insert_raw_row(workspace_id, body))
 
     async def prune(
         self,

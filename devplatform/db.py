@@ -4,6 +4,11 @@ One :class:`Database` owns one ``sqlite3`` connection in WAL mode, shared by all
 method is one short transaction, so the functions can be unit-tested without FastAPI. Records come back as
 the frozen dataclasses of :mod:`devplatform.records`.
 
+A row's ``request_body`` is stored as orjson's encoding and decoded on read, except for the admin's hostile
+rows (:meth:`Database.insert_raw_row`, flagged ``raw_request_body``): their text is handed out unparsed as a
+:class:`~devplatform.records.RawJson`, which the inbox serves verbatim (a body deeper than orjson can parse,
+a lone surrogate escape) while every other row takes the same path as before.
+
 Timestamps are stored as ISO-8601 UTC strings with microseconds and ``Z`` (``2026-04-30T05:00:00.123456Z``),
 which sort lexically. Row ``created_at`` never goes backwards, even if the wall clock does, so the inbox order
 ``created_at ASC, seq ASC`` is also the insertion order.
@@ -23,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from devplatform.records import ActivityRow, InboxQuery, NewRow, WorkspaceRecord
+from devplatform.records import ActivityRow, InboxQuery, NewRow, RawJson, WorkspaceRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workspaces (
@@ -59,7 +64,8 @@ CREATE TABLE IF NOT EXISTS activity_rows (
     duplicates    INTEGER NOT NULL DEFAULT 0,
     request_body  TEXT,
     response_body TEXT,
-    created_at    TEXT NOT NULL
+    created_at    TEXT NOT NULL,
+    raw_request_body INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS activity_rows_inbox ON activity_rows (workspace_id, created_at, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS activity_rows_message_id
@@ -72,8 +78,10 @@ _WORKSPACE_COLUMNS = (
 )
 _ROW_COLUMNS = (
     "id, seq, workspace_id, activity_type, source_id, target_id, method, summary, status, message_id, "
-    "duplicates, request_body, response_body, created_at"
+    "duplicates, request_body, response_body, created_at, raw_request_body"
 )
+_ADDED_ROW_COLUMNS = {"raw_request_body": "INTEGER NOT NULL DEFAULT 0"}
+"""Columns added after the first schema, with their definitions: older database files get them on open."""
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -101,10 +109,14 @@ def _workspace_from(row: sqlite3.Row) -> WorkspaceRecord:
 
 
 def _row_from(row: sqlite3.Row) -> ActivityRow:
-    values = dict(row)
-    values["request_body"] = _load(values["request_body"])
-    values["response_body"] = _load(values["response_body"])
-    return ActivityRow(**values)
+    # Positional, in _ROW_COLUMNS order (no dict per row): this runs once per inbox row served.
+    (row_id, seq, workspace_id, activity_type, source_id, target_id, method, summary, status, message_id,
+     duplicates, request_body, response_body, created_at, raw_request_body) = row  # fmt: skip
+    return ActivityRow(
+        row_id, seq, workspace_id, activity_type, source_id, target_id, method, summary, status, message_id,
+        duplicates, RawJson(request_body) if raw_request_body else _load(request_body), _load(response_body),
+        created_at,
+    )  # fmt: skip
 
 
 class Database:
@@ -126,6 +138,10 @@ class Database:
         self._conn.execute("PRAGMA busy_timeout=5000")
         with self._conn:
             self._conn.executescript(_SCHEMA)
+            present = {row["name"] for row in self._conn.execute("PRAGMA table_info(activity_rows)")}
+            for column, definition in _ADDED_ROW_COLUMNS.items():
+                if column not in present:
+                    self._conn.execute(f"ALTER TABLE activity_rows ADD COLUMN {column} {definition}")
         last = self._conn.execute("SELECT MAX(created_at) FROM activity_rows").fetchone()[0]
         self._last_created_at: str = last or ""
 
@@ -372,6 +388,59 @@ class Database:
                 ),
             ).fetchall()[0]
         return _row_from(row), True
+
+    def insert_raw_row(
+        self,
+        new: NewRow,
+        request_body_json: str,
+        *,
+        row_id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> ActivityRow | None:
+        r"""Insert a hostile row a real platform could return but the a2a route refuses (admin use only).
+
+        ``request_body_json`` is stored as given, unchecked, and served verbatim by the inbox: a body nested
+        deeper than parsers allow, a lone surrogate escape (``"\ud800"``), even text that is not JSON (which
+        makes the whole inbox answer invalid, as a broken platform would). No ``message_id`` deduplication.
+
+        Args:
+            new: The other columns; ``new.request_body`` and ``new.message_id`` are ignored.
+            request_body_json: Raw JSON text of ``request_body``.
+            row_id: The row id, any string (e.g. ``"row-7"``, not a UUID); a fresh UUID when ``None``.
+            created_at: The row's time; now when ``None``. A later time also holds back every later row
+                (``created_at`` never goes backwards); an earlier one places the row among older rows.
+
+        Returns:
+            The stored row (its ``request_body`` a :class:`~devplatform.records.RawJson`), or ``None`` when
+            ``row_id`` is already taken in any workspace (or the workspace does not exist).
+        """
+        with self._transaction() as conn:
+            if created_at is None:
+                stamp = self._next_created_at()
+            else:
+                stamp = format_timestamp(created_at)
+                self._last_created_at = max(stamp, self._last_created_at)
+            try:
+                row = conn.execute(
+                    "INSERT INTO activity_rows (id, workspace_id, activity_type, source_id, target_id, method, "
+                    "summary, status, request_body, raw_request_body, created_at) "
+                    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING {_ROW_COLUMNS}",
+                    (
+                        row_id or str(uuid.uuid4()),
+                        new.workspace_id,
+                        new.activity_type,
+                        new.source_id,
+                        new.target_id,
+                        new.method,
+                        new.summary,
+                        new.status,
+                        request_body_json,
+                        stamp,
+                    ),
+                ).fetchall()[0]
+            except sqlite3.IntegrityError:
+                return None
+        return _row_from(row)
 
     def get_row(self, workspace_id: str, row_id: str) -> ActivityRow | None:
         """The row with this id in this workspace's inbox, or ``None`` (never another workspace's row)."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
+
 ACTIVITY_TYPES = frozenset(
     {"a2a_send", "a2a_receive", "task_update", "agent_log", "skill_promotion", "memory_write", "error"}
 )
@@ -82,6 +84,21 @@ class WorkspaceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RawJson:
+    r"""A ``request_body`` kept as the JSON text an admin stored, never parsed (hostile rows).
+
+    Attributes:
+        text: The JSON text, served byte for byte (e.g. nested 1,500 deep, or holding ``"\ud800"``).
+    """
+
+    text: str
+
+    def fragment(self) -> orjson.Fragment:
+        """The text as an orjson fragment: ``orjson.dumps`` copies it into its output unchanged."""
+        return orjson.Fragment(self.text)
+
+
+@dataclass(frozen=True, slots=True)
 class ActivityRow:
     """One activity row, the unit of the inbox (PROTOCOL.md §4).
 
@@ -98,7 +115,7 @@ class ActivityRow:
         message_id: ``params.message.messageId`` of a stored A2A request, the deduplication key.
         duplicates: How many later requests repeated ``message_id`` and were not stored (lets tests see that a
             sender retried, which deduplication otherwise hides).
-        request_body: Normalized JSON-RPC request, when any.
+        request_body: Normalized JSON-RPC request, when any; a :class:`RawJson` for an admin's hostile row.
         response_body: Response, when any (notify rows carry ``{"result": text}``).
         created_at: ISO-8601 with microseconds and ``Z``.
     """
@@ -122,7 +139,8 @@ class ActivityRow:
         """The wire shape: ``request_body``/``response_body`` omitted when null (PROTOCOL.md §4).
 
         Args:
-            admin: Add ``message_id`` and ``duplicates`` (the admin view; they are not part of the protocol).
+            admin: Add ``message_id`` and ``duplicates`` (the admin view; they are not part of the protocol), and
+                give a :class:`RawJson` body as the string ``request_body_json`` instead of verbatim JSON.
         """
         body: dict[str, Any] = {
             "id": self.id,
@@ -137,7 +155,13 @@ class ActivityRow:
             "seq": self.seq,
         }
         if self.request_body is not None:
-            body["request_body"] = self.request_body
+            request_body = self.request_body
+            if type(request_body) is not RawJson:
+                body["request_body"] = request_body
+            elif admin:
+                body["request_body_json"] = request_body.text  # readable by any client, however hostile the text
+            else:
+                body["request_body"] = request_body.fragment()
         if self.response_body is not None:
             body["response_body"] = self.response_body
         if admin:

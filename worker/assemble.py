@@ -1,5 +1,7 @@
 """Worker assembly: one ``httpx.AsyncClient``, the activities and ``ConnectWorkflow`` on one task queue.
 
+With ``OTEL_EXPORTER_OTLP_ENDPOINT`` set, the worker also traces with OpenTelemetry (``worker.tracing``).
+
 Used by every command that runs a worker (``run``, ``worker``, ``demo``) and by the tests, so production and tests
 run the same wiring.
 """
@@ -7,19 +9,20 @@ run the same wiring.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from importlib import metadata
 
 import httpx
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE, RequestBudgets
 from activities.dispatch import DispatchActivities
 from activities.platform import PlatformActivities, TokenLookup
 from worker.http import platform_client
+from worker.tracing import worker_interceptors
 from workflows.connect import ConnectWorkflow
 
 HTTP_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
@@ -61,6 +64,7 @@ async def running_worker(
     graceful_shutdown: timedelta = timedelta(seconds=30),
     request_budget_per_min: float = DEFAULT_PER_MINUTE,
     request_burst: int = DEFAULT_BURST,
+    interceptors: Sequence[Interceptor] | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a connector worker for the duration of the ``async with`` block.
 
@@ -75,6 +79,9 @@ async def running_worker(
         request_budget_per_min: Platform requests per minute shared by every connector of this worker, per platform
             (``activities.budget``); ``0`` means unlimited.
         request_burst: Requests that may start at once after a quiet spell (the token bucket's size).
+        interceptors: Worker interceptors; ``None`` means those tracing needs when the ``OTEL_*`` environment turns
+            it on (``worker.tracing.worker_interceptors``), else none. They go on the worker, not the client, so
+            commands that only query or signal connectors never trace.
 
     Yields:
         The running ``Worker``.
@@ -90,6 +97,7 @@ async def running_worker(
         activities=[platform.register, platform.heartbeat, platform.poll, platform.reply, dispatch.dispatch],
         max_concurrent_activities=max_concurrent_activities,
         graceful_shutdown_timeout=graceful_shutdown,
+        interceptors=worker_interceptors() if interceptors is None else interceptors,
     )
     try:
         async with worker:

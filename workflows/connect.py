@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         RowPointer,
     )
     from activities.platform import PlatformActivities
+    from activities.tracing import message_trace
     from worker.settings import SEARCH_ATTRIBUTE_PHASE, SEARCH_ATTRIBUTE_WORKSPACE_ID
     from workflows.messages import (
         ConfigureInput,
@@ -458,7 +459,8 @@ class ConnectWorkflow:
                 message = self._state.next_in_lane(lane)
                 if message is None:
                     break
-                await self._deliver(message)
+                with message_trace(self._target.workspace_id, message.row.row_id):
+                    await self._deliver(message)
             ended = True
         except Exception as err:  # noqa: BLE001 - surfaced by the main loop, see _raise_if_crashed
             self._crash = err

@@ -1,9 +1,10 @@
 """``/admin``: what tests, the demo and benchmarks need beyond the protocol (DESIGN.md §5).
 
-Workspaces (create → id + token, status, token rotation, removal), inbox inspection, pruning (the source of
-cursor ``410``s), an on-demand stale sweep and fault injection. Every route needs the admin token; none is
-rate limited or faulted. Errors use FastAPI's usual ``422`` for invalid bodies; this router is not part of the
-wire contract.
+Workspaces (create → id + token, status, token rotation, removal), inbox inspection, hostile rows (stored
+and served verbatim, for connector tests of rows a real platform could return but the a2a route refuses),
+pruning (the source of cursor ``410``s), an on-demand stale sweep and fault injection. Every route needs the
+admin token; none is rate limited or faulted. Errors use FastAPI's usual ``422`` for invalid bodies; this router
+is not part of the wire contract.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from datetime import timedelta
 from typing import Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from devplatform.db import Database, hash_token
 from devplatform.deps import DbDep, FaultsDep, SettingsDep, require_admin
 from devplatform.faults import Fault
-from devplatform.records import WorkspaceRecord
+from devplatform.records import NewRow, WorkspaceRecord
 from devplatform.responses import ApiError, OrjsonResponse
 from devplatform.sweeper import sweep_stale
 
@@ -36,6 +37,31 @@ class CreateWorkspaceRequest(BaseModel):
     """``false`` creates a token-less workspace whose first register bootstraps one (``auth_token``)."""
     delivery_mode: Literal["poll", "push"] = "poll"
     """Stored delivery mode."""
+
+
+class RawRowRequest(BaseModel):
+    """Body of ``POST /admin/workspaces/{id}/rows``: one inbox row, its ``request_body`` as raw JSON text."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    request_body_json: str = Field(min_length=1)
+    """``request_body`` as JSON text, stored unchecked and served verbatim by the inbox."""
+    id: str | None = Field(default=None, min_length=1)
+    """Row id, any string (``"row-7"``); default a fresh UUID."""
+    activity_type: str = "a2a_receive"
+    """Row type."""
+    method: str | None = "message/send"
+    """JSON-RPC method."""
+    source_id: str | None = None
+    """Sender; ``null`` is the canvas."""
+    target_id: str | None = None
+    """Receiver; default the workspace."""
+    summary: str | None = None
+    """One human line."""
+    status: str = "ok"
+    """Row status."""
+    created_at: AwareDatetime | None = None
+    """Row time; default now (never earlier than the newest row)."""
 
 
 class PruneRequest(BaseModel):
@@ -120,11 +146,47 @@ async def remove_workspace(workspace_id: str, db: DbDep) -> OrjsonResponse:
 async def list_rows(workspace_id: str, db: DbDep) -> OrjsonResponse:
     """Every row of a workspace's inbox, oldest first, with ``message_id`` and ``duplicates`` added.
 
+    A hostile row's body comes as the string ``request_body_json`` (its stored text), so this view always parses.
+
     Raises:
         ApiError: ``404`` for an unknown id.
     """
     _workspace(db, workspace_id)
     return OrjsonResponse([row.to_json(admin=True) for row in db.all_rows(workspace_id)])
+
+
+@router.post("/workspaces/{workspace_id}/rows", status_code=201)
+async def insert_raw_row(workspace_id: str, body: RawRowRequest, db: DbDep) -> OrjsonResponse:
+    """Put a hostile row in a workspace's inbox, as a real platform could (see :meth:`Database.insert_raw_row`).
+
+    The inbox (``GET /workspaces/{id}/activity``) serves ``request_body_json`` byte for byte; cursors around
+    the row work as for any row, and ``since_id=<a non-UUID id>`` answers ``500 cursor lookup failed``
+    (docs/protocol.md §3.3).
+
+    Returns:
+        ``201 {"id": <row id>}``.
+
+    Raises:
+        ApiError: ``404`` for an unknown workspace; ``409`` when ``id`` is already taken.
+    """
+    _workspace(db, workspace_id)
+    row = db.insert_raw_row(
+        NewRow(
+            workspace_id=workspace_id,
+            activity_type=body.activity_type,
+            source_id=body.source_id,
+            target_id=body.target_id or workspace_id,
+            method=body.method,
+            summary=body.summary,
+            status=body.status,
+        ),
+        body.request_body_json,
+        row_id=body.id,
+        created_at=body.created_at,
+    )
+    if row is None:
+        raise ApiError(409, f"row id {body.id!r} is already taken")
+    return OrjsonResponse({"id": row.id}, status_code=201)
 
 
 @router.post("/prune")
