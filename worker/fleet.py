@@ -1,9 +1,12 @@
 """Fleets: many connectors declared in one TOML file, applied idempotently, and shown as one table.
 
-A fleet file has a ``[defaults]`` table and one ``[[workspace]]`` table per connector::
+A fleet file has an optional ``name``, a ``[defaults]`` table and one ``[[workspace]]`` table per connector::
+
+    name = "prod"                       # default: the file name without .toml
 
     [defaults]
     platform_url = "https://api.molecule.example"
+    task_queue = "molecule-connect"     # default; a [[workspace]] may set its own
     backend = "exec"
     options = { cmd = "my-agent --stdio" }
     settings = { max_concurrency = 8 }
@@ -15,14 +18,17 @@ A fleet file has a ``[defaults]`` table and one ``[[workspace]]`` table per conn
     id = "ws-b"
     settings = { max_attempts = 3 }    # merged key by key over [defaults] settings
 
-A workspace inherits ``platform_url``, ``backend`` and ``settings`` from ``[defaults]``; it inherits ``options``
-(key by key) only while it keeps the default backend, since one backend's options mean nothing to another.
+A workspace inherits ``platform_url``, ``backend``, ``task_queue`` and ``settings`` from ``[defaults]``; it inherits
+``options`` (key by key) only while it keeps the default backend, since one backend's options mean nothing to another.
+A workspace's task queue is, first found: its own ``task_queue``, the ``--task-queue`` of ``fleet apply`` (or
+``MOLECULE_TASK_QUEUE``), ``[defaults] task_queue``, ``molecule-connect``.
 
-``apply`` compares each listed workspace with its running connector: missing → ``start``; settings differ →
-``configure`` with only the changed fields; else ``unchanged``. ``platform_url``, backend and task queue are fixed
-for a run, so a change there is reported as "restart needed (drain, then apply)". With ``prune``, running
-connectors on the fleet's task queue that the file no longer lists are drained. Tokens never appear here: they stay
-in the worker's ``MOLECULE_TOKENS_FILE``.
+``apply`` compares each listed workspace with its running connector: missing → ``start``, with the memo
+``fleet: <name>``; settings differ → ``configure`` with only the changed fields; else ``unchanged``. ``platform_url``,
+backend and task queue are fixed for a run, so a change there is reported as "restart needed (drain, then apply)".
+With ``prune``, running connectors that this fleet started (memo ``fleet: <name>``) on one of its task queues and
+that the file no longer lists are drained; connectors started by hand (``run``, ``start``) or by another fleet are
+never touched. Tokens never appear here: they stay in the worker's ``MOLECULE_TOKENS_FILE``.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from temporalio.client import Client
 
 from activities.backends import create_backend
@@ -58,6 +64,9 @@ class FleetFileError(ValueError):
     """The fleet file cannot be used; the message is one line naming the file, the line and what to fix."""
 
 
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
 class _FleetModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -69,6 +78,8 @@ class FleetDefaults(_FleetModel):
     """Platform base URL; required here or in every workspace."""
     backend: str = "echo"
     """Backend name."""
+    task_queue: NonEmpty | None = None
+    """Task queue of the workspaces without their own; ``fleet apply --task-queue`` overrides it."""
     options: dict[str, OptionValue] = {}
     """Backend options of the default backend."""
     settings: dict[str, Any] = {}
@@ -84,6 +95,8 @@ class FleetWorkspace(_FleetModel):
     """Overrides ``[defaults] platform_url``."""
     backend: str | None = None
     """Overrides ``[defaults] backend`` (then ``[defaults] options`` are not inherited)."""
+    task_queue: NonEmpty | None = None
+    """This workspace's task queue: overrides ``[defaults] task_queue`` and ``fleet apply --task-queue``."""
     options: dict[str, OptionValue] = {}
     """Backend options, merged key by key over the inherited ones."""
     settings: dict[str, Any] = {}
@@ -93,6 +106,8 @@ class FleetWorkspace(_FleetModel):
 class FleetFile(_FleetModel):
     """The whole file as TOML gives it."""
 
+    name: NonEmpty | None = None
+    """The fleet's name, marked on the connectors it starts (memo ``fleet``); default: the file name's stem."""
     defaults: FleetDefaults = FleetDefaults()
     workspace: list[FleetWorkspace] = []
 
@@ -104,15 +119,33 @@ class Fleet:
     Attributes:
         path: Where it was read from.
         connectors: One ``ConnectInput`` per ``[[workspace]]``, defaults merged in.
+        name: The fleet's name (``name``, else the file name's stem).
+        default_task_queue: ``[defaults] task_queue``, None when unset.
+        task_queues: The workspaces that set their own ``task_queue``: workspace id → task queue.
     """
 
     path: Path
     connectors: tuple[ConnectInput, ...]
+    name: str = "fleet"
+    default_task_queue: str | None = None
+    task_queues: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def workspace_ids(self) -> list[str]:
         """The listed workspace ids, in file order."""
         return [c.workspace_id for c in self.connectors]
+
+    def task_queue_of(self, workspace_id: str, override: str | None = None) -> str:
+        """A workspace's task queue: its own, else ``override`` (``--task-queue``), else the fleet default's."""
+        return self.task_queues.get(workspace_id) or self.fleet_task_queue(override)
+
+    def fleet_task_queue(self, override: str | None = None) -> str:
+        """The fleet's default task queue: ``override`` (``--task-queue``), else ``[defaults]``'s, else the default."""
+        return override or self.default_task_queue or TASK_QUEUE
+
+    def all_task_queues(self, override: str | None = None) -> list[str]:
+        """Every task queue the fleet uses (its default one included): the scope of ``--prune``."""
+        return sorted({self.fleet_task_queue(override), *(self.task_queue_of(w, override) for w in self.workspace_ids)})
 
 
 def load_fleet(path: Path) -> Fleet:
@@ -160,7 +193,13 @@ def load_fleet(path: Path) -> Fleet:
             raise locate.error(("workspace", index, "id"), f"duplicate workspace id {workspace.id!r}")
         seen.add(workspace.id)
         connectors.append(_connect_input(parsed.defaults, workspace, index, locate))
-    return Fleet(path=path, connectors=tuple(connectors))
+    return Fleet(
+        path=path,
+        connectors=tuple(connectors),
+        name=parsed.name or path.stem,
+        default_task_queue=parsed.defaults.task_queue,
+        task_queues={w.id: w.task_queue for w in parsed.workspace if w.task_queue},
+    )
 
 
 def _connect_input(defaults: FleetDefaults, workspace: FleetWorkspace, index: int, locate: _Locator) -> ConnectInput:
@@ -311,6 +350,7 @@ class Step:
         changes: For ``configure``: the ``ConnectSettings`` fields to set (JSON values).
         reason: For ``restart`` and ``error``: what differs, or what went wrong.
         input: For ``start``: the connector to start.
+        task_queue: For ``start``: where to start it.
     """
 
     workspace_id: str
@@ -318,6 +358,7 @@ class Step:
     changes: Mapping[str, object] = field(default_factory=dict)
     reason: str = ""
     input: ConnectInput | None = None
+    task_queue: str | None = None
 
     def describe(self) -> str:
         """One line, e.g. ``ws-a: configure max_concurrency=8``."""
@@ -350,7 +391,7 @@ def decide(desired: ConnectInput, observed: Observed, *, task_queue: str) -> Ste
     Args:
         desired: The connector as the fleet file declares it.
         observed: What runs now.
-        task_queue: The fleet's task queue.
+        task_queue: The workspace's task queue in the fleet.
 
     Returns:
         ``start`` when nothing runs; ``restart`` when the platform URL, backend or task queue differ; ``configure``
@@ -360,27 +401,23 @@ def decide(desired: ConnectInput, observed: Observed, *, task_queue: str) -> Ste
     if observed.error is not None:
         return Step(workspace_id, "error", reason=observed.error)
     if not observed.running:
-        return Step(workspace_id, "start", input=desired)
-    fixed = []
-    if observed.platform_url is not None and observed.platform_url != desired.platform_url:
-        fixed.append(f"platform_url {observed.platform_url} → {desired.platform_url}")
-    if observed.backend is not None and observed.backend != desired.backend:
-        fixed.append(f"backend {_spec_text(observed.backend)} → {_spec_text(desired.backend)}")
-    if observed.task_queue is not None and observed.task_queue != task_queue:
-        fixed.append(f"task_queue {observed.task_queue} → {task_queue}")
+        return Step(workspace_id, "start", input=desired, task_queue=task_queue)
+    fixed = control.fixed_differences(
+        desired,
+        platform_url=observed.platform_url,
+        backend=observed.backend,
+        task_queue=observed.task_queue,
+        desired_task_queue=task_queue,
+    )
     if fixed:
         return Step(workspace_id, "restart", reason="; ".join(fixed))
-    current = observed.settings.model_dump(mode="json") if observed.settings else {}
-    wanted = desired.settings.model_dump(mode="json")
-    changes = {key: value for key, value in wanted.items() if current.get(key) != value}
+    if observed.settings is not None:
+        changes = control.settings_changes(observed.settings, desired.settings, None)
+    else:
+        changes = desired.settings.model_dump(mode="json")
     if changes:
         return Step(workspace_id, "configure", changes=changes)
     return Step(workspace_id, "unchanged")
-
-
-def _spec_text(spec: BackendSpec) -> str:
-    options = " ".join(f"{k}={v!r}" for k, v in sorted(spec.options.items()))
-    return f"{spec.name}({options})" if options else spec.name
 
 
 async def observe(client: Client, workspace_id: str, *, timeout: timedelta = control.STATUS_QUERY_TIMEOUT) -> Observed:
@@ -406,7 +443,7 @@ async def plan(
     client: Client,
     fleet: Fleet,
     *,
-    task_queue: str = TASK_QUEUE,
+    task_queue: str | None = None,
     prune: bool = False,
     timeout: timedelta = control.STATUS_QUERY_TIMEOUT,
 ) -> list[Step]:
@@ -415,8 +452,9 @@ async def plan(
     Args:
         client: Connected client.
         fleet: The loaded fleet file.
-        task_queue: The fleet's task queue: where connectors start, and the scope of ``prune``.
-        prune: Also drain running connectors on ``task_queue`` that the file does not list.
+        task_queue: ``--task-queue``: overrides ``[defaults] task_queue`` (not a workspace's own).
+        prune: Also drain running connectors this fleet started (memo ``fleet``) on its task queues that the file
+            no longer lists.
         timeout: Limit of each describe / status query.
 
     Returns:
@@ -430,33 +468,51 @@ async def plan(
     async def step(desired: ConnectInput) -> Step:
         async with limit:
             observed = await observe(client, desired.workspace_id, timeout=timeout)
-        return decide(desired, observed, task_queue=task_queue)
+        return decide(desired, observed, task_queue=fleet.task_queue_of(desired.workspace_id, task_queue))
 
     steps = list(await asyncio.gather(*(step(c) for c in fleet.connectors)))
     if prune:
         listed = set(fleet.workspace_ids)
-        running = await control.list_connectors(client, task_queue=task_queue)
-        steps += [Step(c.workspace_id, "drain") for c in running if c.workspace_id not in listed]
+        running = await control.list_connectors(client, task_queues=fleet.all_task_queues(task_queue))
+        steps += [
+            Step(c.workspace_id, "drain") for c in running if c.fleet == fleet.name and c.workspace_id not in listed
+        ]
     return steps
 
 
-async def apply(client: Client, steps: Sequence[Step], *, task_queue: str = TASK_QUEUE) -> list[str | None]:
+async def apply(
+    client: Client,
+    steps: Sequence[Step],
+    *,
+    fleet_name: str,
+    task_queue: str = TASK_QUEUE,
+    timeout: timedelta = control.CONTROL_TIMEOUT,
+) -> list[str | None]:
     """Carry out ``steps`` concurrently (``unchanged``, ``restart`` and ``error`` do nothing).
+
+    Args:
+        client: Connected client.
+        steps: From :func:`plan`.
+        fleet_name: Marked on every started connector (memo ``fleet``), so ``--prune`` knows what the fleet owns.
+        task_queue: Where a ``start`` step without its own task queue starts.
+        timeout: Limit of each update.
 
     Returns:
         Per step, in order: None when it succeeded (or had nothing to do), else the one-line error.
     """
     limit = asyncio.Semaphore(control.STATUS_QUERY_CONCURRENCY)
+    memo = {control.FLEET_MEMO_KEY: fleet_name}
 
     async def run(step: Step) -> str | None:
         async with limit:
             try:
                 if step.kind == "start" and step.input is not None:
-                    await control.start_connector(client, step.input, task_queue=task_queue)
+                    queue = step.task_queue or task_queue
+                    await control.start_connector(client, step.input, task_queue=queue, memo=memo)
                 elif step.kind == "configure":
-                    await control.configure(client, step.workspace_id, dict(step.changes))
+                    await control.configure(client, step.workspace_id, dict(step.changes), timeout=timeout)
                 elif step.kind == "drain":
-                    await control.drain_connector(client, step.workspace_id)
+                    await control.drain_connector(client, step.workspace_id, timeout=timeout)
             except ConnectorError as err:
                 return str(err)
         return None

@@ -18,10 +18,15 @@ Sources, in order of precedence:
    merged with any flat top-level entries (a workspace listed twice is an error). The file must not be
    accessible by group or others (`chmod 600`). It is re-read whenever its mtime, size, inode or mode changes,
    so fixing a token or the mode heals a blocked connector without a restart.
-2. `MOLECULE_WORKSPACE_TOKEN`: one token used for every workspace the file does not list.
+2. `MOLECULE_WORKSPACE_TOKEN`: the token of **one** workspace: the one named by `MOLECULE_WORKSPACE_ID`, else the
+   one given to `run`. It is never sent for any other workspace: a token authenticates as its own workspace, so
+   another workspace's request signed with it would be refused (`403`) or, worse, act as the wrong identity.
+
+A lookup for a workspace neither source holds raises `MissingTokenError` (a `LookupError`): the activity that asked
+fails so that a worker holding the token can take it.
 
 When the file is configured but unusable (missing, too permissive, unparsable), lookups fail with `TokenError`
-instead of falling back to `MOLECULE_WORKSPACE_TOKEN`: sending a fallback token to a workspace the broken file
+instead of falling back to `MOLECULE_WORKSPACE_TOKEN`: sending the fallback token to a workspace the broken file
 may list would authenticate as the wrong identity.
 
 No token ever appears in an exception message, a `repr` or a log record.
@@ -45,7 +50,10 @@ TOKENS_FILE_ENV = "MOLECULE_TOKENS_FILE"
 """Environment variable naming the tokens file."""
 
 WORKSPACE_TOKEN_ENV = "MOLECULE_WORKSPACE_TOKEN"
-"""Environment variable holding the fallback token."""
+"""Environment variable holding the token of one workspace."""
+
+WORKSPACE_ID_ENV = "MOLECULE_WORKSPACE_ID"
+"""Environment variable naming the workspace `MOLECULE_WORKSPACE_TOKEN` belongs to."""
 
 _SECTION = "tokens"
 
@@ -54,17 +62,25 @@ class TokenError(ValueError):
     """A token cannot be resolved; the message is one actionable line and never contains a token."""
 
 
-class MissingTokenError(TokenError):
-    """No token is known for a workspace.
+class MissingTokenError(TokenError, LookupError):
+    """No token is known for a workspace: this worker must not serve it (another worker may).
 
     Attributes:
         workspace_id: The workspace that has no token.
     """
 
-    def __init__(self, workspace_id: str) -> None:
-        super().__init__(
-            f"no token for workspace {workspace_id}: set {WORKSPACE_TOKEN_ENV} or add it to {TOKENS_FILE_ENV}"
-        )
+    def __init__(self, workspace_id: str, bound_to: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            workspace_id: The workspace that has no token.
+            bound_to: The workspace `MOLECULE_WORKSPACE_TOKEN` belongs to, when it is set (for the message).
+        """
+        if bound_to is not None:
+            advice = f"{WORKSPACE_TOKEN_ENV} is the token of {bound_to}; add {workspace_id} to {TOKENS_FILE_ENV}"
+        else:
+            advice = f"set {WORKSPACE_TOKEN_ENV} or add it to {TOKENS_FILE_ENV}"
+        super().__init__(f"no token for workspace {workspace_id}: {advice}")
         self.workspace_id = workspace_id
 
 
@@ -79,49 +95,80 @@ class _FileSignature:
 
 
 class TokenStore:
-    """Resolve the platform bearer token for a workspace id from a tokens file and a fallback token.
+    """Resolve the platform bearer token for a workspace id from a tokens file and one workspace's token.
 
     Safe to share between threads and coroutines; a lookup costs one `stat` unless the file changed.
     """
 
-    def __init__(self, *, tokens_file: Path | None = None, default_token: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tokens_file: Path | None = None,
+        workspace_token: str | None = None,
+        workspace_id: str | None = None,
+    ) -> None:
         """Create a store.
 
         Args:
             tokens_file: Path of a `.json` or `.toml` tokens file (module docstring), or None for none. It is
                 not read until the first lookup or `validate()`.
-            default_token: Token for workspaces the file does not list, or None/empty for none.
+            workspace_token: The token of `workspace_id` (`MOLECULE_WORKSPACE_TOKEN`), or None/empty for none. It
+                is used for that workspace only, when the file does not list it.
+            workspace_id: The workspace `workspace_token` belongs to.
+
+        Raises:
+            TokenError: `workspace_token` is given without `workspace_id`.
         """
+        workspace_token = workspace_token or None
+        workspace_id = (workspace_id or "").strip() or None
+        if workspace_token is not None and workspace_id is None:
+            raise TokenError(
+                f"{WORKSPACE_TOKEN_ENV} is one workspace's token: set {WORKSPACE_ID_ENV} to that workspace's id, "
+                f"or list every workspace's token in {TOKENS_FILE_ENV}"
+            )
         self._tokens_file = tokens_file
-        self._default_token = default_token or None
+        self._workspace_token = workspace_token
+        self._workspace_id = workspace_id if workspace_token is not None else None
         self._lock = threading.Lock()
         self._signature: _FileSignature | None = None
         self._tokens: dict[str, str] = {}
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> TokenStore:
-        """Create a store from `MOLECULE_TOKENS_FILE` and `MOLECULE_WORKSPACE_TOKEN`.
+    def from_env(cls, environ: Mapping[str, str] = os.environ, *, workspace_id: str | None = None) -> TokenStore:
+        """Create a store from `MOLECULE_TOKENS_FILE`, `MOLECULE_WORKSPACE_TOKEN` and `MOLECULE_WORKSPACE_ID`.
 
-        Empty values count as unset; `~` in the file path is expanded.
+        Empty values count as unset; `~` in the file path is expanded. `MOLECULE_WORKSPACE_TOKEN` belongs to the
+        workspace `MOLECULE_WORKSPACE_ID` names, else to ``workspace_id`` (the workspace `run` serves).
 
         Args:
             environ: Environment to read, `os.environ` by default.
+            workspace_id: The workspace the caller serves (`run WORKSPACE_ID`), or None for a worker of many.
 
         Returns:
             A store that has not read the file yet (call `validate()` to check it eagerly).
+
+        Raises:
+            TokenError: `MOLECULE_WORKSPACE_TOKEN` is set but neither `MOLECULE_WORKSPACE_ID` nor ``workspace_id``
+                says whose it is.
         """
         file_value = environ.get(TOKENS_FILE_ENV, "").strip()
         tokens_file = Path(file_value).expanduser() if file_value else None
-        return cls(tokens_file=tokens_file, default_token=environ.get(WORKSPACE_TOKEN_ENV) or None)
+        owner = environ.get(WORKSPACE_ID_ENV, "").strip() or workspace_id
+        return cls(tokens_file=tokens_file, workspace_token=environ.get(WORKSPACE_TOKEN_ENV), workspace_id=owner)
 
     @property
     def tokens_file(self) -> Path | None:
-        """Path of the tokens file, or None when only the fallback token is used."""
+        """Path of the tokens file, or None when only `MOLECULE_WORKSPACE_TOKEN` is used."""
         return self._tokens_file
 
+    @property
+    def token_workspace(self) -> str | None:
+        """The workspace `MOLECULE_WORKSPACE_TOKEN` belongs to, or None when it is not set."""
+        return self._workspace_id
+
     def __repr__(self) -> str:
-        default = "set" if self._default_token else "unset"
-        return f"TokenStore(tokens_file={str(self._tokens_file)!r}, default_token={default})"
+        bound = f"set for {self._workspace_id}" if self._workspace_token else "unset"
+        return f"TokenStore(tokens_file={str(self._tokens_file)!r}, workspace_token={bound})"
 
     def token_for(self, workspace_id: str) -> str:
         """Return the bearer token for a workspace.
@@ -130,17 +177,19 @@ class TokenStore:
             workspace_id: Molecule workspace id, e.g. `"ws-1"`.
 
         Returns:
-            The token from the tokens file, else `MOLECULE_WORKSPACE_TOKEN`.
+            The token from the tokens file, else `MOLECULE_WORKSPACE_TOKEN` when it belongs to this workspace.
 
         Raises:
-            MissingTokenError: If neither source has a token for this workspace.
+            MissingTokenError: If neither source has a token for this workspace (a `LookupError`).
             TokenError: If the tokens file is configured but missing, readable by others, unparsable, of an
                 unsupported type, or holds a non-string or empty value.
         """
         tokens = self._load() if self._tokens_file is not None else {}
-        token = tokens.get(workspace_id) or self._default_token
+        token = tokens.get(workspace_id)
+        if token is None and workspace_id == self._workspace_id:
+            token = self._workspace_token
         if token is None:
-            raise MissingTokenError(workspace_id)
+            raise MissingTokenError(workspace_id, self._workspace_id)
         return token
 
     def validate(self) -> None:
@@ -150,7 +199,7 @@ class TokenStore:
             TokenError: If the tokens file is unusable (see `token_for`), or neither `MOLECULE_TOKENS_FILE`
                 nor `MOLECULE_WORKSPACE_TOKEN` is set.
         """
-        if self._tokens_file is None and self._default_token is None:
+        if self._tokens_file is None and self._workspace_token is None:
             raise TokenError(f"no platform token configured: set {WORKSPACE_TOKEN_ENV} or {TOKENS_FILE_ENV}")
         if self._tokens_file is not None:
             count = len(self._load())

@@ -15,7 +15,28 @@ import platformdirs
 from temporalio.common import SearchAttributeKey
 
 TASK_QUEUE = "molecule-connect"
-"""Default task queue shared by every `ConnectWorkflow` and worker (DESIGN.md §2, configurable per run)."""
+"""Default task queue of `worker`, `start` and fleets: a pool of interchangeable workers (DESIGN.md §2)."""
+
+
+def run_task_queue(workspace_id: str) -> str:
+    """Return the task queue `run WORKSPACE_ID` uses by default: one of its own, so `run`s never share activities.
+
+    Every worker on a task queue may be handed any activity of any connector on it, so a queue's workers must hold
+    the tokens of all its workspaces; a `run` holds one workspace's token, so it gets a queue of its own.
+
+    Args:
+        workspace_id: Molecule workspace id, e.g. `"ws-1"`.
+
+    Returns:
+        `"molecule-connect.<workspace_id>"`, e.g. `"molecule-connect.ws-1"`.
+
+    Raises:
+        ValueError: If `workspace_id` is empty or only whitespace.
+    """
+    if not workspace_id.strip():
+        raise ValueError("workspace id must not be empty")
+    return f"{TASK_QUEUE}.{workspace_id}"
+
 
 WORKFLOW_ID_PREFIX = "connect-"
 """Prefix of the workflow id; `connect-<workspace_id>` makes at most one connector per workspace."""

@@ -208,6 +208,7 @@ class ConnectWorkflow:
                 phase="stopped",
                 commit_cursor=self._state.commit_cursor,
                 counters=self._state.counters.model_dump(),
+                state=self._state,  # for `run/start --replace`: the next definition starts from this cursor
             )
         self._state.counters.continued_as_new += 1
         workflow.logger.info("continuing as new", extra=self._log(pending=len(self._state.pending)))

@@ -175,6 +175,9 @@ class ConnectResult(Model):
     phase: Phase
     commit_cursor: RowPointer | None = None
     counters: dict[str, int]
+    state: ConnectState | None = None
+    """The drained connector's state (cursor, dedupe windows, dead letters, counters); ``--replace`` starts the new
+    definition with it. Nothing is pending: drain delivered every fetched message. ``None`` from older runs."""
 
 
 # --- control plane (updates and signals) ----------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def _start_worker(
     log = tmp_path / "worker.log"
     env = {
         "PATH": os.environ["PATH"],
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # the code under test (a worktree), not the installed copy
         "LANG": "C.UTF-8",
         "HOME": str(tmp_path / "home"),
         "MOLECULE_CONNECT_STATE_DIR": str(tmp_path / "state"),

@@ -36,9 +36,13 @@ def _address(temporal_env: WorkflowEnvironment) -> str:
 
 
 def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """No inherited Temporal or Molecule settings; HOME and the state directory are temp dirs."""
+    """No inherited Temporal or Molecule settings; HOME and the state directory are temp dirs.
+
+    PYTHONPATH is kept, so the console script imports the code under test (a worktree), not the installed copy.
+    """
     return {
         "PATH": os.environ["PATH"],
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         "LANG": "C.UTF-8",
         "HOME": str(tmp_path / "home"),
         "MOLECULE_CONNECT_STATE_DIR": str(tmp_path / "state"),

@@ -62,7 +62,8 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **env}
+    # PYTHONPATH is kept so the console script imports the code under test (a worktree), not the installed copy.
+    return {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "LANG": "C.UTF-8", **env}
 
 
 def invoke(capsys: pytest.CaptureFixture[str], *args: str) -> Outcome:
@@ -161,6 +162,25 @@ def test_tokens_file_world_readable_exits_2_with_chmod_advice(
     tokens.chmod(0o644)
     monkeypatch.setenv("MOLECULE_TOKENS_FILE", str(tokens))
     line = assert_one_line_error(invoke(capsys, *command), "0644", f"chmod 600 {tokens}")
+    assert "secret-token-value" not in line
+
+
+def test_worker_with_workspace_token_but_no_workspace_id_exits_2_saying_what_to_set(
+    clean_env, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker serves many workspaces: one workspace's token without its id would be sent for all of them."""
+    monkeypatch.setenv("MOLECULE_WORKSPACE_TOKEN", "secret-token-value")
+    line = assert_one_line_error(invoke(capsys, "worker"), "MOLECULE_WORKSPACE_ID", "MOLECULE_TOKENS_FILE")
+    assert "secret-token-value" not in line
+
+
+def test_run_with_token_of_another_workspace_exits_2_naming_its_owner(
+    clean_env, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOLECULE_WORKSPACE_TOKEN", "secret-token-value")
+    monkeypatch.setenv("MOLECULE_WORKSPACE_ID", "ws-1")
+    outcome = invoke(capsys, "run", "ws-2", "--platform-url", PLATFORM_URL)
+    line = assert_one_line_error(outcome, "no token for workspace ws-2", "token of ws-1", "MOLECULE_TOKENS_FILE")
     assert "secret-token-value" not in line
 
 

@@ -119,6 +119,26 @@ def test_load_fleet_missing_file_one_line(tmp_path: Path) -> None:
         load_fleet(tmp_path / "nope.toml")
 
 
+def test_load_fleet_name_defaults_to_file_stem_and_can_be_set(tmp_path: Path) -> None:
+    assert load_fleet(write(tmp_path, FLEET)).name == "fleet"
+    assert load_fleet(write(tmp_path, 'name = "prod"\n' + FLEET)).name == "prod"
+    assert "name: String should have at least 1 character" in error_of(tmp_path, 'name = " "\n' + FLEET)
+
+
+def test_load_fleet_task_queue_workspace_then_override_then_defaults_then_default(tmp_path: Path) -> None:
+    without = load_fleet(write(tmp_path, FLEET))
+    assert [without.task_queue_of(w) for w in without.workspace_ids] == ["molecule-connect"] * 3
+    assert without.task_queue_of("ws-a", "cli-q") == "cli-q"
+
+    text = FLEET.replace('backend = "exec"', 'backend = "exec"\ntask_queue = "fleet-q"', 1)
+    text = text.replace('id = "ws-b"', 'id = "ws-b"\ntask_queue = "own-q"')
+    fleet = load_fleet(write(tmp_path, text))
+    assert [fleet.task_queue_of(w) for w in fleet.workspace_ids] == ["fleet-q", "own-q", "fleet-q"]
+    assert [fleet.task_queue_of(w, "cli-q") for w in fleet.workspace_ids] == ["cli-q", "own-q", "cli-q"]
+    assert fleet.all_task_queues() == ["fleet-q", "own-q"]
+    assert fleet.all_task_queues("cli-q") == ["cli-q", "own-q"]
+
+
 async def test_check_backends_bad_option_names_workspace(tmp_path: Path) -> None:
     fleet = load_fleet(write(tmp_path, FLEET.replace("timeout = 30", "timeout = 30, bogus = 1")))
     with pytest.raises(FleetFileError, match=r"workspace ws-a: .*bogus"):

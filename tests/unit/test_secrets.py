@@ -1,4 +1,4 @@
-"""TokenStore: tokens by workspace id from a private file and a fallback variable, never echoed."""
+"""TokenStore: tokens by workspace id from a private file and one workspace's variable, never echoed."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-def store_for(path: Path | None, default: str | None = None) -> TokenStore:
+def store_for(path: Path | None, default: str | None = None, owner: str = "ws-9") -> TokenStore:
+    """A store from the environment; ``default`` is MOLECULE_WORKSPACE_TOKEN, the token of ``owner``."""
     environ = {}
     if path is not None:
         environ["MOLECULE_TOKENS_FILE"] = str(path)
     if default is not None:
         environ["MOLECULE_WORKSPACE_TOKEN"] = default
+        environ["MOLECULE_WORKSPACE_ID"] = owner
     return TokenStore.from_env(environ)
 
 
@@ -61,16 +63,46 @@ def test_token_for_same_workspace_flat_and_in_table_is_error(tmp_path: Path) -> 
     assert SECRET not in str(info.value)
 
 
-def test_token_for_unlisted_workspace_uses_env_fallback(tmp_path: Path) -> None:
+def test_token_for_unlisted_workspace_uses_env_token_of_its_own_workspace(tmp_path: Path) -> None:
     path = write_private(tmp_path / "tokens.json", '{"ws-1": "tok-1"}')
-    store = store_for(path, default="tok-any")
+    store = store_for(path, default="tok-9", owner="ws-9")
     assert store.token_for("ws-1") == "tok-1"
-    assert store.token_for("ws-9") == "tok-any"
+    assert store.token_for("ws-9") == "tok-9"
+    with pytest.raises(MissingTokenError):
+        store.token_for("ws-2")
 
 
-def test_token_for_env_only_serves_every_workspace() -> None:
-    store = store_for(None, default="tok-any")
-    assert store.token_for("ws-1") == store.token_for("ws-2") == "tok-any"
+def test_token_for_env_token_serves_only_the_workspace_it_belongs_to() -> None:
+    """MOLECULE_WORKSPACE_TOKEN is one workspace's identity: never sent for another workspace."""
+    store = store_for(None, default="tok-1", owner="ws-1")
+    assert store.token_for("ws-1") == "tok-1"
+    assert store.token_workspace == "ws-1"
+    with pytest.raises(MissingTokenError) as info:
+        store.token_for("ws-2")
+    assert str(info.value) == (
+        "no token for workspace ws-2: MOLECULE_WORKSPACE_TOKEN is the token of ws-1; add ws-2 to MOLECULE_TOKENS_FILE"
+    )
+    assert isinstance(info.value, LookupError)
+
+
+def test_from_env_binds_token_to_run_workspace_unless_workspace_id_names_another() -> None:
+    run_store = TokenStore.from_env({"MOLECULE_WORKSPACE_TOKEN": "tok-1"}, workspace_id="ws-1")
+    assert run_store.token_for("ws-1") == "tok-1"
+    named = TokenStore.from_env(
+        {"MOLECULE_WORKSPACE_TOKEN": "tok-1", "MOLECULE_WORKSPACE_ID": "ws-1"}, workspace_id="ws-2"
+    )
+    assert named.token_for("ws-1") == "tok-1"
+    with pytest.raises(MissingTokenError, match="MOLECULE_WORKSPACE_TOKEN is the token of ws-1"):
+        named.token_for("ws-2")
+
+
+def test_from_env_token_without_workspace_id_is_error_for_a_worker_of_many() -> None:
+    with pytest.raises(TokenError) as info:
+        TokenStore.from_env({"MOLECULE_WORKSPACE_TOKEN": SECRET})
+    assert str(info.value) == (
+        "MOLECULE_WORKSPACE_TOKEN is one workspace's token: set MOLECULE_WORKSPACE_ID to that workspace's id, "
+        "or list every workspace's token in MOLECULE_TOKENS_FILE"
+    )
 
 
 def test_token_for_unknown_workspace_raises_missing_token_error(tmp_path: Path) -> None:
@@ -81,7 +113,7 @@ def test_token_for_unknown_workspace_raises_missing_token_error(tmp_path: Path) 
         "no token for workspace ws-9: set MOLECULE_WORKSPACE_TOKEN or add it to MOLECULE_TOKENS_FILE"
     )
     assert info.value.workspace_id == "ws-9"
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, LookupError)
 
 
 def test_token_for_group_readable_file_is_refused_with_chmod_hint(tmp_path: Path) -> None:
@@ -211,7 +243,7 @@ def test_repr_and_logs_never_show_tokens(tmp_path: Path, caplog: pytest.LogCaptu
         with pytest.raises(MissingTokenError):
             store_for(path).token_for("ws-2")
     assert SECRET not in repr(store)
-    assert "default_token=set" in repr(store) and str(path) in repr(store)
+    assert "workspace_token=set for ws-9" in repr(store) and str(path) in repr(store)
     assert caplog.records, "expected the file load to be logged"
     for record in caplog.records:
         assert SECRET not in record.getMessage()

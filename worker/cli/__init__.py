@@ -9,7 +9,8 @@
   ``codec-server``, ``dev-platform`` (with ``create-workspace``) and ``demo``.
 - ``common``: shared options, user errors, connecting and serving a worker.
 
-Every user error prints one line on stderr that says what to do, and exits 2.
+Every user error prints one line on stderr that says what to do, and exits 2. A connector control that no worker
+answers within ``--timeout`` prints one line naming the workflow and its task queue, and exits 1.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 from worker.cli import connectors, debug, dev, fleets, serve
-from worker.cli.common import USER_ERROR_EXIT, USER_ERRORS, UsageProblem, fail, first_validation_error
+from worker.cli.common import (
+    NO_ANSWER_EXIT,
+    USER_ERROR_EXIT,
+    USER_ERRORS,
+    UsageProblem,
+    fail,
+    first_validation_error,
+)
+from worker.control import NoAnswerError
 
 __all__ = ["USER_ERROR_EXIT", "UsageProblem", "app", "main"]
 
@@ -84,6 +93,8 @@ def _main(argv: list[str] | None) -> None:
         fail(err.format_message().replace("\n", " "))
     except ValidationError as err:
         fail(first_validation_error(err))
+    except NoAnswerError as err:  # nothing the user typed is wrong: the connector's workers are missing or slow
+        fail(str(err).splitlines()[0], code=NO_ANSWER_EXIT)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
     except KeyboardInterrupt:

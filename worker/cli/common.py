@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, NoReturn
@@ -35,6 +35,8 @@ from worker.temporal import connect_client as connect_temporal
 from workflows.messages import ConnectInput, ConnectSettings
 
 USER_ERROR_EXIT = 2
+NO_ANSWER_EXIT = 1
+"""Exit code when no worker answered a connector control in time (``worker.control.NoAnswerError``)."""
 
 
 class UsageProblem(Exception):
@@ -94,18 +96,26 @@ LogFormatOption = Annotated[
 LogLevelOption = Annotated[
     str, typer.Option("--log-level", envvar=LOG_LEVEL_ENV, help="DEBUG, INFO, WARNING or ERROR.")
 ]
-QueryTimeoutOption = Annotated[
-    float, typer.Option("--timeout", help="Seconds each connector's status query may take.", min=0.1)
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds to wait for a worker's answer to each query or update; then exit 1 saying whether any worker "
+        "polls the connector's task queue.",
+        min=0.1,
+    ),
 ]
+DEFAULT_TIMEOUT = 10.0
+"""Default of ``--timeout`` (seconds)."""
 NoProbeOption = Annotated[
     bool, typer.Option("--no-probe", help="Skip the startup check that the platform supports poll mode's cursor.")
 ]
 
 
-def fail(message: str) -> NoReturn:
-    """Print ``molecule-connect: <message>`` on stderr and exit with :data:`USER_ERROR_EXIT`."""
+def fail(message: str, code: int = USER_ERROR_EXIT) -> NoReturn:
+    """Print ``molecule-connect: <message>`` on stderr and exit with ``code`` (:data:`USER_ERROR_EXIT`)."""
     print(f"molecule-connect: {message}", file=sys.stderr)
-    raise SystemExit(USER_ERROR_EXIT)
+    raise SystemExit(code)
 
 
 def first_validation_error(err: ValidationError) -> str:
@@ -127,22 +137,28 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
 
 
 def connect_input(
-    workspace_id: str, platform_url: str | None, backend: str, options: list[str] | None, start_from: str
-) -> ConnectInput:
-    """The ``ConnectInput`` of ``run``/``start``, with the backend built once to check its options."""
+    workspace_id: str, platform_url: str | None, backend: str, options: list[str] | None, start_from: str | None
+) -> tuple[ConnectInput, frozenset[str]]:
+    """The ``ConnectInput`` of ``run``/``start``, with the backend built once to check its options.
+
+    Returns:
+        The input, and the ``ConnectSettings`` fields the command line set explicitly (``start_from`` when
+        ``--start-from`` was given): only those are compared with a running connector's settings.
+    """
     if not platform_url:
         raise UsageProblem("no platform URL: pass --platform-url URL or set MOLECULE_API_URL")
-    if start_from not in ("latest", "backlog"):
+    if start_from not in (None, "latest", "backlog"):
         raise UsageProblem(f"--start-from must be 'latest' or 'backlog', not {start_from!r}")
     spec = BackendSpec(name=backend, options=parse_options(options))
     check_backend(spec)
-    start: ColdStart = "latest" if start_from == "latest" else "backlog"
-    return ConnectInput(
+    start: ColdStart = "backlog" if start_from == "backlog" else "latest"
+    input = ConnectInput(
         workspace_id=workspace_id,
         platform_url=platform_url,
         backend=spec,
         settings=ConnectSettings(start_from=start),
     )
+    return input, frozenset({"start_from"} if start_from is not None else ())
 
 
 def check_backend(spec: BackendSpec) -> None:
@@ -153,8 +169,12 @@ def check_backend(spec: BackendSpec) -> None:
 
 
 def tokens_for(workspace_id: str | None) -> TokenStore:
-    """The worker's token store from the environment, checked (and holding ``workspace_id``'s token if given)."""
-    tokens = TokenStore.from_env()
+    """The worker's token store from the environment, checked (and holding ``workspace_id``'s token if given).
+
+    ``MOLECULE_WORKSPACE_TOKEN`` belongs to ``MOLECULE_WORKSPACE_ID``, else to ``workspace_id`` (``run``); a
+    ``worker`` (``workspace_id`` None) given the variable without ``MOLECULE_WORKSPACE_ID`` is refused.
+    """
+    tokens = TokenStore.from_env(workspace_id=workspace_id)
     tokens.validate()
     if workspace_id is not None:
         tokens.token_for(workspace_id)
@@ -171,7 +191,7 @@ def probe(input: ConnectInput, tokens: TokenStore) -> None:
         raise UsageProblem(str(err)) from None
 
 
-def run_async(main: Callable[[], Awaitable[None]]) -> None:
+def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``main()`` on the project's event loop (``worker.loop``)."""
     event_loop.run(main())
 
@@ -212,31 +232,53 @@ class Budget:
     burst: int = DEFAULT_BURST
 
 
-async def serve_worker(
-    task_queue: str,
-    tokens: TokenStore,
-    shutdown_grace: float,
-    metrics_port: int | None,
-    started: Callable[[Client], Awaitable[str]],
-    budget: Budget = Budget(),
-) -> None:
-    """Connect, run a worker until signalled, then shut down within ``shutdown_grace`` seconds."""
-    from worker.assemble import metrics_runtime, running_worker
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How ``run`` and ``worker`` run their worker: tokens, shutdown grace, request budget."""
+
+    tokens: TokenStore
+    shutdown_grace: float = 30.0
+    budget: Budget = Budget()
+
+
+async def connect_worker_client(metrics_port: int | None) -> ConnectedClient:
+    """Connect for a worker process: with the metrics runtime when ``metrics_port`` is set; announce the Web UI."""
+    from worker.assemble import metrics_runtime
 
     runtime = metrics_runtime(metrics_port) if metrics_port else None
     if metrics_port:
         announce(f"Prometheus metrics on http://0.0.0.0:{metrics_port}/metrics")
     connected = await connect_client(runtime=runtime)
     print_ui(connected.ui_url)
+    return connected
+
+
+@contextlib.asynccontextmanager
+async def serving(client: Client, task_queue: str, options: WorkerOptions) -> AsyncIterator[None]:
+    """Run a worker on ``task_queue`` for the block; leaving it shuts down within ``options.shutdown_grace``."""
+    from worker.assemble import running_worker
+
     async with running_worker(
-        connected.client,
+        client,
         task_queue=task_queue,
-        token_for=tokens.token_for,
+        token_for=options.tokens.token_for,
         org_id=os.environ.get("MOLECULE_ORG_ID") or None,
-        graceful_shutdown=timedelta(seconds=shutdown_grace),
-        request_budget_per_min=budget.per_min,
-        request_burst=budget.burst,
+        graceful_shutdown=timedelta(seconds=options.shutdown_grace),
+        request_budget_per_min=options.budget.per_min,
+        request_burst=options.budget.burst,
     ):
+        yield
+
+
+async def serve_worker(
+    task_queue: str,
+    options: WorkerOptions,
+    metrics_port: int | None,
+    started: Callable[[Client], Awaitable[str]],
+) -> None:
+    """Connect, run a worker until signalled, then shut down within ``shutdown_grace`` seconds."""
+    connected = await connect_worker_client(metrics_port)
+    async with serving(connected.client, task_queue, options):
         await until_signalled(await started(connected.client))
     announce("worker stopped")
 

@@ -15,7 +15,14 @@ import orjson
 import typer
 
 from worker import control
-from worker.cli.common import QueryTimeoutOption, UsageProblem, connect_client, parse_options, run_async
+from worker.cli.common import (
+    DEFAULT_TIMEOUT,
+    TimeoutOption,
+    UsageProblem,
+    connect_client,
+    parse_options,
+    run_async,
+)
 from worker.control import connector_status
 from worker.settings import workflow_id
 from workflows.messages import StatusResult
@@ -49,12 +56,15 @@ TABLE_COLUMNS = ("WORKSPACE", "PHASE", "LAG", "IN FLIGHT", "DEAD", "LAST DELIVER
 
 
 def format_status_table(rows: list[control.ConnectorRow], now: datetime) -> str:
-    """An aligned table, one connector a line; a connector whose query failed shows ``?`` and the error."""
+    """An aligned table, one connector a line; a failed query shows ``?`` (or ``no worker``) and the error."""
     lines = [TABLE_COLUMNS]
     for row in rows:
         s = row.status
         if s is None:
-            lines.append((row.workspace_id, "?", "-", "-", "-", "-", _clip(row.error or "no status")))
+            if row.no_worker:  # the advice names the task queue: never clipped
+                lines.append((row.workspace_id, "no worker", "-", "-", "-", "-", row.error or "no worker"))
+            else:
+                lines.append((row.workspace_id, "?", "-", "-", "-", "-", _clip(row.error or "no status")))
         else:
             last_error = _clip(s.last_error or s.blocked_reason or "-")
             delivered = _age(s.last_delivery_at, now)
@@ -83,13 +93,14 @@ def _clip(text: str, width: int = 80) -> str:
 
 
 def print_rows(rows: list[control.ConnectorRow], as_json: bool) -> None:
-    """Print rows as the table, or as a JSON list of ``{workspace_id, workflow_id, error, status}``."""
+    """Print rows as the table, or as a JSON list of ``{workspace_id, workflow_id, error, no_worker, status}``."""
     if as_json:
         listing = [
             {
                 "workspace_id": row.workspace_id,
                 "workflow_id": workflow_id(row.workspace_id),
                 "error": row.error,
+                "no_worker": row.no_worker,
                 "status": row.status.model_dump(mode="json") if row.status is not None else None,
             }
             for row in rows
@@ -106,7 +117,11 @@ def _status_of_all(task_queue: str | None, timeout: float, as_json: bool) -> Non
         client = (await connect_client()).client
         running = await control.list_connectors(client, task_queue=task_queue)
         workspace_ids = [c.workspace_id for c in running]
-        print_rows(await control.connector_rows(client, workspace_ids, timeout=timedelta(seconds=timeout)), as_json)
+        queues = {c.workspace_id: c.task_queue for c in running}
+        rows = await control.connector_rows(
+            client, workspace_ids, timeout=timedelta(seconds=timeout), task_queues=queues
+        )
+        print_rows(rows, as_json)
 
     run_async(main)
 
@@ -120,11 +135,12 @@ def status(
     task_queue: Annotated[
         str | None, typer.Option("--task-queue", help="Without WORKSPACE_ID: only connectors on this task queue.")
     ] = None,
-    timeout: QueryTimeoutOption = 5.0,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Show a connector's phase, cursor, lanes, in-flight messages and dead letters (the ``status`` query).
 
-    Without WORKSPACE_ID: every running connector (from Temporal visibility) as a table, queried concurrently.
+    Without WORKSPACE_ID: every running connector (from Temporal visibility) as a table, queried concurrently; a
+    connector no worker serves shows `no worker`.
     """
     if workspace_id is None:
         _status_of_all(task_queue, timeout, as_json)
@@ -132,7 +148,7 @@ def status(
 
     async def main() -> None:
         connected = await connect_client()
-        result = await connector_status(connected.client, workspace_id)
+        result = await connector_status(connected.client, workspace_id, timeout=timedelta(seconds=timeout))
         if as_json:
             print(orjson.dumps(result.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
         else:
@@ -160,21 +176,21 @@ def _control(action: Callable[[Any], Awaitable[Any]], render: Callable[[Any], No
 
 
 @app.command()
-def pause(workspace_id: WorkspaceArg) -> None:
+def pause(workspace_id: WorkspaceArg, timeout: TimeoutOption = DEFAULT_TIMEOUT) -> None:
     """Stop polling and dispatching; returns once in-flight messages settled (the `pause` update)."""
-    _control(lambda c: control.pause_connector(c, workspace_id))
+    _control(lambda c: control.pause_connector(c, workspace_id, timeout=timedelta(seconds=timeout)))
 
 
 @app.command()
-def resume(workspace_id: WorkspaceArg) -> None:
+def resume(workspace_id: WorkspaceArg, timeout: TimeoutOption = DEFAULT_TIMEOUT) -> None:
     """Resume a paused connector (the `resume` update)."""
-    _control(lambda c: control.resume_connector(c, workspace_id))
+    _control(lambda c: control.resume_connector(c, workspace_id, timeout=timedelta(seconds=timeout)))
 
 
 @app.command()
-def drain(workspace_id: WorkspaceArg) -> None:
+def drain(workspace_id: WorkspaceArg, timeout: TimeoutOption = DEFAULT_TIMEOUT) -> None:
     """Deliver what was fetched, then complete the connector workflow (the `drain` update)."""
-    _control(lambda c: control.drain_connector(c, workspace_id))
+    _control(lambda c: control.drain_connector(c, workspace_id, timeout=timedelta(seconds=timeout)))
 
 
 @app.command()
@@ -182,12 +198,13 @@ def cursor(
     workspace_id: WorkspaceArg,
     set_: Annotated[str | None, typer.Option("--set", help="Continue polling after this row id (UUID).")] = None,
     latest: Annotated[bool, typer.Option("--latest", help="Skip to the newest row.")] = False,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Move the inbox cursor (the `set_cursor` update); settled messages are never redelivered."""
     if (set_ is None) == (not latest):
         raise UsageProblem("give exactly one of --set ROW_ID or --latest")
     row_id = "latest" if latest else str(set_)
-    _control(lambda c: control.set_cursor(c, workspace_id, row_id))
+    _control(lambda c: control.set_cursor(c, workspace_id, row_id, timeout=timedelta(seconds=timeout)))
 
 
 @app.command("dead-letters")
@@ -200,10 +217,12 @@ def dead_letters(
     discard_id: Annotated[
         str | None, typer.Option("--discard", help="Forget the dead letter with this row id.")
     ] = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """List dead letters, or redrive / discard them (the `redrive` and `discard` updates)."""
     if sum(x is not None and x is not False for x in (redrive_id, discard_id, redrive_all or None)) > 1:
         raise UsageProblem("give one of --redrive ROW_ID, --all or --discard ROW_ID")
+    limit = timedelta(seconds=timeout)
 
     def render_action(result: Any) -> None:
         print(f"{result.count} dead letter(s): {', '.join(result.row_ids) or '-'}")
@@ -215,17 +234,18 @@ def dead_letters(
             print(f"{letter.row_id}  [{letter.stage}, {letter.attempts} attempt(s)]  {letter.lane}  {letter.error}")
 
     if redrive_id or redrive_all:
-        _control(lambda c: control.redrive(c, workspace_id, redrive_id), render_action)
+        _control(lambda c: control.redrive(c, workspace_id, redrive_id, timeout=limit), render_action)
     elif discard_id:
-        _control(lambda c: control.discard(c, workspace_id, discard_id), render_action)
+        _control(lambda c: control.discard(c, workspace_id, discard_id, timeout=limit), render_action)
     else:
-        _control(lambda c: connector_status(c, workspace_id), render_list)
+        _control(lambda c: connector_status(c, workspace_id, timeout=limit), render_list)
 
 
 @app.command()
 def configure(
     workspace_id: WorkspaceArg,
     settings: Annotated[list[str], typer.Argument(help="KEY=VALUE settings, e.g. max_concurrency=8.")],
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Change a running connector's settings (the `configure` update); values are JSON or plain strings."""
     changes: dict[str, object] = {}
@@ -234,4 +254,4 @@ def configure(
             changes[key] = orjson.loads(value)
         except orjson.JSONDecodeError:
             changes[key] = value
-    _control(lambda c: control.configure(c, workspace_id, changes))
+    _control(lambda c: control.configure(c, workspace_id, changes, timeout=timedelta(seconds=timeout)))

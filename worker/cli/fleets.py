@@ -11,9 +11,8 @@ import typer
 
 from worker import control
 from worker import loop as event_loop
-from worker.cli.common import QueryTimeoutOption, TaskQueueOption, UsageProblem, connect_client, run_async
+from worker.cli.common import DEFAULT_TIMEOUT, TimeoutOption, UsageProblem, connect_client, run_async
 from worker.cli.connectors import print_rows
-from worker.settings import TASK_QUEUE
 
 app = typer.Typer()
 
@@ -22,7 +21,19 @@ fleet_app = typer.Typer(
 )
 app.add_typer(fleet_app, name="fleet")
 
-FleetFileArg = Annotated[Path, typer.Argument(help="Fleet file: TOML with [defaults] and [[workspace]] tables.")]
+FleetFileArg = Annotated[
+    Path, typer.Argument(help="Fleet file: TOML with an optional name, [defaults] and [[workspace]] tables.")
+]
+FleetTaskQueueOption = Annotated[
+    str | None,
+    typer.Option(
+        "--task-queue",
+        envvar="MOLECULE_TASK_QUEUE",
+        help="The fleet's task queue: overrides [defaults] task_queue (default molecule-connect), not a "
+        "[[workspace]]'s own task_queue.",
+        show_default=False,
+    ),
+]
 
 
 def _load_fleet(path: Path) -> Any:
@@ -38,15 +49,22 @@ def _load_fleet(path: Path) -> Any:
 def fleet_apply(
     file: FleetFileArg,
     prune: Annotated[
-        bool, typer.Option("--prune", help="Drain running connectors on the task queue that FILE does not list.")
+        bool,
+        typer.Option(
+            "--prune",
+            help="Also drain the connectors this fleet started (same name) on its task queues that FILE no longer "
+            "lists; connectors started by hand or by another fleet are never touched.",
+        ),
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
-    task_queue: TaskQueueOption = TASK_QUEUE,
-    timeout: QueryTimeoutOption = 5.0,
+    task_queue: FleetTaskQueueOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Start missing connectors and configure changed ones, one line per workspace (idempotent).
 
-    Exits 1 when a workspace could not be read or changed, or needs a restart (backend or platform URL changed).
+    The connectors it starts carry the fleet's name (memo `fleet`: the file's `name`, else its file name without
+    .toml), which is what --prune goes by. Exits 1 when a workspace could not be read or changed (e.g. no worker
+    answers), or needs a restart (backend, platform URL or task queue changed).
     """
     from worker import fleet
 
@@ -58,8 +76,19 @@ def fleet_apply(
         except fleet.FleetFileError as err:
             raise UsageProblem(str(err)) from None
         client = (await connect_client()).client
-        steps = await fleet.plan(client, loaded, task_queue=task_queue, prune=prune, timeout=timedelta(seconds=timeout))
-        outcomes = [None] * len(steps) if dry_run else await fleet.apply(client, steps, task_queue=task_queue)
+        limit = timedelta(seconds=timeout)
+        steps = await fleet.plan(client, loaded, task_queue=task_queue, prune=prune, timeout=limit)
+        outcomes = (
+            [None] * len(steps)
+            if dry_run
+            else await fleet.apply(
+                client,
+                steps,
+                fleet_name=loaded.name,
+                task_queue=loaded.fleet_task_queue(task_queue),
+                timeout=limit,
+            )
+        )
         for step, error in zip(steps, outcomes, strict=True):
             print(step.describe() + (f": failed: {error}" if error else ""))
         if dry_run:
@@ -74,7 +103,7 @@ def fleet_apply(
 def fleet_status(
     file: FleetFileArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
-    timeout: QueryTimeoutOption = 5.0,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Show the connector table for the workspaces FILE lists (one status query each, concurrently)."""
     loaded = _load_fleet(file)
