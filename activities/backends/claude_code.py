@@ -7,8 +7,11 @@ Contract (DESIGN.md §3):
   passed as argv (never through a shell). The process discipline is the ``exec`` backend's
   (:func:`~activities.backends.exec.run_in_group`): its own process group, killed (SIGTERM, ``-o grace``,
   SIGKILL) on timeout (``-o timeout``, default 5 min) and on cancellation; a non-zero exit is an
-  :class:`~activities.backends.exec.ExecFailedError` with the end of stderr. The ``MOLECULE_*`` metadata
-  variables are set unless ``-o env=false``; workspace tokens are never passed on.
+  :class:`~activities.backends.exec.ExecFailedError` with the end of stderr.
+- **Environment.** An allowlist (:mod:`activities.backends.environment`): the base variables every command gets
+  (``PATH``, ``HOME``, ``USER``, ...), what Claude Code reads (``CLAUDE_CODE_VARIABLES``: ``ANTHROPIC_*``,
+  ``CLAUDE_CODE_*``, ``CLAUDE_CONFIG_DIR``, the proxy and CA variables), ``-o pass_env`` (e.g. ``AWS_*`` for
+  Bedrock), and the ``MOLECULE_*`` message metadata unless ``-o env=false``. The worker's secrets never.
 - **Sessions.** A conversation (the dispatch lane: ``contextId``, else the sender) maps to one Claude session
   whose id is deterministic: ``uuid5(SESSION_NAMESPACE, workspace_id + newline + lane)``, so any worker, before
   or after a restart, derives the same id. Claude Code creates a session with ``--session-id <id>`` (which
@@ -44,7 +47,15 @@ from pydantic import field_validator, model_validator
 
 from activities.a2a import TextPart
 from activities.backends.base import BackendConfigError, BackendRequest, BackendResponse
-from activities.backends.exec import ExecFailedError, ProcessOutcome, child_env, run_in_group, stdout_text
+from activities.backends.environment import (
+    BASE_VARIABLES,
+    CLAUDE_CODE_VARIABLES,
+    ChildEnvInfo,
+    child_env,
+    parse_pass_env,
+    redact,
+)
+from activities.backends.exec import ExecFailedError, ProcessOutcome, run_in_group, stdout_text
 from activities.backends.options import BackendOptions, Duration, parse_options
 
 logger = logging.getLogger(__name__)
@@ -71,6 +82,10 @@ class ClaudeCodeOptions(BackendOptions):
     """How long one message may run (500ms, 30s, 5m, 1h or bare seconds) before Claude's processes are killed."""
     env: bool = True
     """Add MOLECULE_WORKSPACE_ID, _ROW_ID, _SOURCE_ID, _CONTEXT_ID, _MESSAGE_ID and _ATTEMPT to the env."""
+    pass_env: str = ""
+    """Worker variables Claude also gets, by name (comma-separated; PREFIX* for a prefix, e.g. "AWS_*" for
+    Bedrock); besides PATH, HOME, USER, LOGNAME, SHELL, LANG, LC_*, TZ, TMPDIR, ANTHROPIC_*, CLAUDE_CODE_*,
+    CLAUDE_CONFIG_DIR, HTTP(S)_PROXY, NO_PROXY and NODE_EXTRA_CA_CERTS."""
     cwd: str | None = None
     """Working directory of Claude (its project; default: the worker's). Claude keeps sessions per directory."""
     sessions: bool = True
@@ -96,6 +111,12 @@ class ClaudeCodeOptions(BackendOptions):
         if not program.strip():
             raise ValueError("empty program name")
         return program
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env_names(cls, pass_env: str) -> str:
+        """Refuse values, malformed names and the worker's secrets (:func:`parse_pass_env`); normalize the list."""
+        return ",".join(parse_pass_env(pass_env))
 
     @field_validator("cwd", "state_dir", mode="before")
     @classmethod
@@ -143,19 +164,22 @@ class ClaudeCodeBackend:
 
     summary: ClassVar[str] = "Answer with Claude Code (claude -p), one Claude session per conversation."
     options_model: ClassVar[type[BackendOptions]] = ClaudeCodeOptions
+    child_env_info: ClassVar[ChildEnvInfo] = ChildEnvInfo(inherited=(*BASE_VARIABLES, *CLAUDE_CODE_VARIABLES))
 
     def __init__(self, options: Mapping[str, str]) -> None:
         """Validate the options, find the program and create the session marker directory.
 
         Args:
-            options: ``bin``, ``args``, ``timeout``, ``env``, ``cwd``, ``sessions``, ``state_dir``, ``grace``;
-                see :class:`ClaudeCodeOptions`.
+            options: ``bin``, ``args``, ``timeout``, ``env``, ``pass_env``, ``cwd``, ``sessions``, ``state_dir``,
+                ``grace``; see :class:`ClaudeCodeOptions`.
 
         Raises:
-            BackendConfigError: An unknown or malformed option, session flags in ``args``, a ``cwd`` that is
-                not a directory, a program that cannot be found, or a state directory that cannot be created.
+            BackendConfigError: An unknown or malformed option, session flags in ``args``, a ``pass_env`` naming
+                a value, a worker secret or a metadata variable, a ``cwd`` that is not a directory, a program that
+                cannot be found, or a state directory that cannot be created.
         """
         self.options = parse_options(ClaudeCodeOptions, options, backend="claude-code")
+        self._env_patterns = (*BASE_VARIABLES, *CLAUDE_CODE_VARIABLES, *parse_pass_env(self.options.pass_env))
         cwd = self.options.cwd
         if cwd is not None and not os.path.isdir(cwd):
             raise BackendConfigError(f"claude-code: -o cwd={cwd!r} is not a directory")
@@ -185,7 +209,8 @@ class ClaudeCodeBackend:
             "message_id": request.message.message_id,
             "attempt": request.attempt,
         }
-        run = _Run(self._program, self.options, request, log_fields)
+        env = child_env(os.environ, self._env_patterns, request if self.options.env else None)
+        run = _Run(self._program, self.options, request.text.encode(), env, log_fields)
         if self._markers is None:
             outcome = await run.once([])
         else:
@@ -203,7 +228,8 @@ class ClaudeCodeBackend:
             if outcome.returncode == 0:
                 marker.touch(exist_ok=True)
         if outcome.returncode != 0:
-            raise ExecFailedError(self.options.bin, outcome.returncode, outcome.stderr_tail, backend="claude-code")
+            stderr_tail = redact(outcome.stderr_tail, env)
+            raise ExecFailedError(self.options.bin, outcome.returncode, stderr_tail, backend="claude-code")
         return BackendResponse(parts=[TextPart(text=stdout_text(outcome.stdout))])
 
     async def close(self) -> None:
@@ -214,12 +240,17 @@ class _Run:
     """The runs of ``claude`` for one message, sharing its input, environment and one ``-o timeout``."""
 
     def __init__(
-        self, program: str, options: ClaudeCodeOptions, request: BackendRequest, log_fields: dict[str, Any]
+        self,
+        program: str,
+        options: ClaudeCodeOptions,
+        stdin: bytes,
+        env: dict[str, str],
+        log_fields: dict[str, Any],
     ) -> None:
         self._program = program
         self._options = options
-        self._stdin = request.text.encode()
-        self._env = child_env(request, metadata=options.env)
+        self._stdin = stdin
+        self._env = env
         self._log_fields = log_fields
         self._spent = timedelta(0)
 
