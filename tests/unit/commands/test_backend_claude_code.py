@@ -1,7 +1,8 @@
 """The claude-code backend against a fake ``claude`` that speaks like the real one (tests/unit/commands/fake_claude.py).
 
 The fake accepts the real CLI's options (from its ``--help``), keeps sessions by Claude Code's rules and prints the
-real CLI's outputs for session errors, word for word and on the same stream (fixtures/claude_code_cli.json).
+real CLI's outputs, word for word and on the same stream, for its failures (fixtures/claude_code_cli.json): not
+logged in, invalid API key, no credit, unknown model, unknown option, session in use, no conversation found.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import pytest
 from activities.a2a import A2AMessage, TextPart
 from activities.backends import create_backend
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
-from activities.backends.claude_code import ClaudeCodeBackend, session_id
+from activities.backends.claude_code import MAX_SESSION_IDS, ClaudeCodeBackend, next_session_id, session_id
 from activities.backends.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, metadata_env
 from activities.backends.exec import ExecFailedError
 from tests.unit.commands import fake_claude as fake
 from tests.unit.commands.processes import process_running, wait_until
+
+FIXTURE_OUTPUTS = fake.OUTPUTS
 
 
 @pytest.fixture
@@ -37,6 +40,16 @@ def _state(tmp_path: Path) -> Path:
 def _calls(tmp_path: Path) -> list[dict[str, Any]]:
     log = _state(tmp_path) / "calls.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _set_account(tmp_path: Path, state: str) -> None:
+    (_state(tmp_path) / "account").write_text(state)
+
+
+def _fixture_words(name: str, **values: str) -> str:
+    """What the real CLI prints for a fixture, as one stripped line."""
+    output = FIXTURE_OUTPUTS[name]
+    return (str(output["stdout"]) + str(output["stderr"])).format(**values).strip()
 
 
 def _backend(fake_claude: Path, tmp_path: Path, **options: str) -> ClaudeCodeBackend:
@@ -231,6 +244,102 @@ async def test_claude_code_pass_env_adds_cloud_credentials_never_worker_secrets(
 def test_claude_code_pass_env_naming_a_worker_secret_is_refused(fake_claude: Path, tmp_path: Path, name: str):
     with pytest.raises(BackendConfigError, match=rf"^claude-code: option 'pass_env': '{name}' is a secret of the"):
         _backend(fake_claude, tmp_path, pass_env=f"AWS_REGION,{name}")
+
+
+@pytest.mark.parametrize(
+    ("account", "args", "fixture", "values"),
+    [
+        ("logged_out", "", "not_logged_in", {}),
+        ("invalid_api_key", "", "invalid_api_key", {}),
+        ("no_credit", "", "credit_balance_too_low", {}),
+        ("ok", "--model nosuchmodel", "unknown_model", {"model": "nosuchmodel"}),
+        ("ok", "--bogus-flag", "unknown_option", {"option": "--bogus-flag"}),
+        ("ok", "--permission-mode", "missing_option_value", {"usage": "--permission-mode <mode>"}),
+    ],
+)
+async def test_claude_code_cannot_run_raises_config_error_with_claudes_words(
+    fake_claude: Path, tmp_path: Path, account: str, args: str, fixture: str, values: dict[str, str]
+):
+    """Claude prints these on stdout or on stderr, exits 1; the connector must block with its words, not retry."""
+    _set_account(tmp_path, account)
+    backend = _backend(fake_claude, tmp_path, args=args)
+
+    with pytest.raises(BackendConfigError) as caught:
+        await backend.handle(_request("the message text"))
+
+    words = _fixture_words(fixture, **values)
+    assert str(caught.value).startswith(f"claude-code: Claude Code cannot run: {words}; "), str(caught.value)
+    assert "the message text" not in str(caught.value)
+    assert len(_calls(tmp_path)) == 1
+
+
+async def test_claude_code_not_logged_in_then_logged_in_continues_the_conversation(fake_claude: Path, tmp_path: Path):
+    """Claude records the session before it finds it is not logged in: after login, the id is "already in use"."""
+    backend = _backend(fake_claude, tmp_path)
+    _set_account(tmp_path, "logged_out")
+    with pytest.raises(BackendConfigError, match="Not logged in · Please run /login"):
+        await backend.handle(_request("one"))
+
+    _set_account(tmp_path, "ok")
+    assert await _reply(backend, _request("one")) == "turn 2: one"
+    assert await _reply(backend, _request("two")) == "turn 3: two"
+
+    flags = [_session_flag(call)[0] for call in _calls(tmp_path)]
+    assert flags == ["--session-id", "--session-id", "--resume", "--resume"]
+
+
+async def test_claude_code_transcript_without_conversation_moves_to_next_session_id(
+    fake_claude: Path, tmp_path: Path
+):
+    """Claude killed as it started leaves a transcript it can neither resume nor reuse: both flags are refused."""
+    first = session_id("ws-1", "ctx-1")
+    (_state(tmp_path) / "sessions" / first).write_text("")
+    backend = _backend(fake_claude, tmp_path)
+
+    assert await _reply(backend, _request("one")) == "turn 1: one"
+    assert await _reply(backend, _request("two")) == "turn 2: two"
+
+    second = next_session_id(first)
+    assert [_session_flag(call) for call in _calls(tmp_path)] == [
+        ("--session-id", first),
+        ("--resume", first),
+        ("--session-id", second),
+        ("--resume", second),
+    ]
+    assert (tmp_path / "state" / "sessions" / first).read_text().strip() == second
+    # A worker that lost its markers walks the same chain and finds the conversation.
+    lost = _backend(fake_claude, tmp_path, state_dir=str(tmp_path / "lost"))
+    assert await _reply(lost, _request("three")) == "turn 3: three"
+    assert [_session_flag(call) for call in _calls(tmp_path)[4:]] == [
+        ("--session-id", first),
+        ("--resume", first),
+        ("--session-id", second),
+        ("--resume", second),
+    ]
+
+
+async def test_claude_code_every_session_id_unusable_fails_the_message_after_bounded_runs(
+    fake_claude: Path, tmp_path: Path
+):
+    session = session_id("ws-1", "ctx-1")
+    chain = []
+    for _ in range(MAX_SESSION_IDS):
+        chain.append(session)
+        (_state(tmp_path) / "sessions" / session).write_text("")
+        session = next_session_id(session)
+
+    with pytest.raises(ExecFailedError) as caught:
+        await _backend(fake_claude, tmp_path).handle(_request("one"))
+
+    assert str(caught.value).endswith(_fixture_words("session_not_found", session=chain[-1]))
+    assert len(_calls(tmp_path)) == 2 * MAX_SESSION_IDS
+
+
+async def test_claude_code_failure_reported_on_stdout_only_is_in_the_error(fake_claude: Path, tmp_path: Path):
+    with pytest.raises(ExecFailedError) as caught:
+        await _backend(fake_claude, tmp_path).handle(_request("crash"))
+
+    assert str(caught.value).endswith("exited with status 1: (stderr empty; stdout ends with: something went wrong)")
 
 
 async def test_claude_code_error_never_carries_the_api_key(
