@@ -9,6 +9,7 @@ Modules:
 - ``exec``: runs a command per message, text (or the JSON request) on stdin and stdout as the reply.
 - ``claude_code``: ``claude -p`` per message, one Claude session per conversation.
 - ``http``: forwards each message to an A2A v0.3 agent (``message/send``) and relays its Message or Task.
+- ``environment``: the environment of a command: an allowlist, ``-o pass_env``, never a worker secret.
 - ``process_group``: ends a command's whole process group (SIGTERM, grace, SIGKILL).
 
 Contract:
@@ -23,7 +24,7 @@ Contract:
 - A backend never sees Temporal. Dispatch cancels ``handle`` on activity cancellation; the backend stops its
   work (e.g. kills its process group) and re-raises :class:`asyncio.CancelledError`.
 - Options never hold secrets (an option that needs one names an environment variable), and a backend never
-  logs message bodies above DEBUG.
+  logs message bodies above DEBUG. Commands get an allowlisted environment, never the worker's secrets.
 """
 
 from activities.backends.base import (

@@ -21,9 +21,12 @@ Contract (DESIGN.md §3):
 - The command leads its own process group. On timeout, cancellation (re-raised) or any other failure the
   whole group gets SIGTERM, ``-o grace`` to exit, then SIGKILL, and the child is reaped. Processes it leaves
   running in the background after a successful run are sent SIGTERM.
-- Environment: the worker's, without ``MOLECULE_*`` variables whose name contains ``TOKEN`` or ``SECRET`` (a
-  workspace token is never handed to the command), plus with ``-o env=true`` the message's ids
-  (:func:`metadata_env`).
+- Environment: built from an allowlist, never inherited (:mod:`activities.backends.environment`): ``PATH``,
+  ``HOME``, ``USER``, ``LOGNAME``, ``SHELL``, ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``, ``TMPDIR`` when the worker
+  has them, the variables named by ``-o pass_env=NAME,PREFIX_*``, and with ``-o env=true`` the message's ids
+  (:func:`~activities.backends.environment.metadata_env`). The worker's secrets (codec keys, tokens, Temporal
+  API key and TLS paths) never reach the command, and the values of secret-looking variables it was given are
+  removed from the stderr an error carries.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pydantic import TypeAdapter, ValidationError, field_validator, model_valida
 
 from activities.a2a import DataPart, FilePart, Part, TextPart
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest, BackendResponse
+from activities.backends.environment import BASE_VARIABLES, ChildEnvInfo, child_env, parse_pass_env, redact
 from activities.backends.options import BackendOptions, Duration, format_duration, parse_options
 from activities.backends.process_group import group_alive, signal_group, terminate_group
 from activities.backends.spawn import Child, spawn
@@ -68,6 +72,9 @@ class ExecOptions(BackendOptions):
     """How long one message may run (500ms, 30s, 5m, 1h or bare seconds) before its processes are killed."""
     env: bool = True
     """Add MOLECULE_WORKSPACE_ID, _ROW_ID, _SOURCE_ID, _CONTEXT_ID, _MESSAGE_ID and _ATTEMPT to the env."""
+    pass_env: str = ""
+    """Worker variables the command also gets, by name (comma-separated; PREFIX* for a prefix, e.g.
+    "OPENAI_API_KEY,AWS_*"); it otherwise sees only PATH, HOME, USER, LOGNAME, SHELL, LANG, LC_*, TZ, TMPDIR."""
     cwd: str | None = None
     """Working directory of the command (default: the worker's)."""
     stdin: Literal["text", "json"] = "text"
@@ -106,6 +113,12 @@ class ExecOptions(BackendOptions):
         """Read ``-o cwd=`` as "the worker's directory"."""
         return None if cwd == "" else cwd
 
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env_names(cls, pass_env: str) -> str:
+        """Refuse values, malformed names and the worker's secrets (:func:`parse_pass_env`); normalize the list."""
+        return ",".join(parse_pass_env(pass_env))
+
     @property
     def argv(self) -> list[str]:
         """The program and its arguments, as :func:`shlex.split` reads ``cmd``."""
@@ -131,49 +144,6 @@ class ExecFailedError(BackendError):
         super().__init__(f"{backend}: {program!r} {outcome}: {stderr_tail or '(stderr empty)'}")
         self.returncode = returncode
         self.stderr_tail = stderr_tail
-
-
-def metadata_env(request: BackendRequest) -> dict[str, str]:
-    """The ``MOLECULE_*`` variables that ``-o env=true`` adds for one message; never a token.
-
-    Args:
-        request: The inbound message.
-
-    Returns:
-        ``MOLECULE_WORKSPACE_ID``, ``MOLECULE_ROW_ID``, ``MOLECULE_SOURCE_ID`` (empty for the canvas),
-        ``MOLECULE_CONTEXT_ID`` (empty when absent), ``MOLECULE_MESSAGE_ID`` and ``MOLECULE_ATTEMPT``
-        (1-based).
-    """
-    return {
-        "MOLECULE_WORKSPACE_ID": request.workspace_id,
-        "MOLECULE_ROW_ID": request.row_id,
-        "MOLECULE_SOURCE_ID": request.source_id or "",
-        "MOLECULE_CONTEXT_ID": request.message.context_id or "",
-        "MOLECULE_MESSAGE_ID": request.message.message_id,
-        "MOLECULE_ATTEMPT": str(request.attempt),
-    }
-
-
-def _is_molecule_secret(name: str) -> bool:
-    """Whether a worker variable may hold a workspace token or secret, so it stays out of the child's env."""
-    upper = name.upper()
-    return upper.startswith("MOLECULE_") and ("TOKEN" in upper or "SECRET" in upper)
-
-
-def child_env(request: BackendRequest, *, metadata: bool) -> dict[str, str]:
-    """The environment of a backend command: the worker's, never a ``MOLECULE_*`` token or secret.
-
-    Args:
-        request: The inbound message.
-        metadata: Whether to add :func:`metadata_env` (``-o env=true``).
-
-    Returns:
-        Variable names to values.
-    """
-    env = {name: value for name, value in os.environ.items() if not _is_molecule_secret(name)}
-    if metadata:
-        env.update(metadata_env(request))
-    return env
 
 
 @dataclass(frozen=True)
@@ -306,20 +276,23 @@ class ExecBackend:
 
     summary: ClassVar[str] = "Run a command per message: message text on stdin, its stdout is the reply."
     options_model: ClassVar[type[BackendOptions]] = ExecOptions
+    child_env_info: ClassVar[ChildEnvInfo] = ChildEnvInfo(inherited=BASE_VARIABLES)
 
     def __init__(self, options: Mapping[str, str]) -> None:
         """Validate the options and check that the program and working directory exist.
 
         Args:
-            options: ``cmd`` (required), ``timeout``, ``env``, ``cwd``, ``stdin``, ``grace``; see
-                :class:`ExecOptions`.
+            options: ``cmd`` (required), ``timeout``, ``env``, ``pass_env``, ``cwd``, ``stdin``, ``grace``,
+                ``format``; see :class:`ExecOptions`.
 
         Raises:
-            BackendConfigError: An unknown or malformed option, a missing ``cmd``, a ``cwd`` that is not a
-                directory, or a program that is not on ``PATH`` / not an executable file.
+            BackendConfigError: An unknown or malformed option, a missing ``cmd``, a ``pass_env`` naming a value,
+                a worker secret or a metadata variable, a ``cwd`` that is not a directory, or a program that is not
+                on ``PATH`` / not an executable file.
         """
         self.options = parse_options(ExecOptions, options, backend="exec")
         self._argv = self.options.argv
+        self._env_patterns = (*BASE_VARIABLES, *parse_pass_env(self.options.pass_env))
         cwd = self.options.cwd
         if cwd is not None and not os.path.isdir(cwd):
             raise BackendConfigError(f"exec: -o cwd={cwd!r} is not a directory")
@@ -356,10 +329,11 @@ class ExecBackend:
         }
         json_mode = self.options.stdin == "json"
         stdin_bytes = request.model_dump_json().encode() if json_mode else request.text.encode()
+        env = child_env(os.environ, self._env_patterns, request if self.options.env else None)
         outcome = await run_in_group(
             self._argv,
             stdin_bytes,
-            env=child_env(request, metadata=self.options.env),
+            env=env,
             cwd=self.options.cwd,
             timeout=self.options.timeout,
             grace=self.options.grace,
@@ -368,7 +342,7 @@ class ExecBackend:
             log_fields=log_fields,
         )
         if outcome.returncode != 0:
-            raise ExecFailedError(self._argv[0], outcome.returncode, outcome.stderr_tail)
+            raise ExecFailedError(self._argv[0], outcome.returncode, redact(outcome.stderr_tail, env))
         text = stdout_text(outcome.stdout)
         parts = json_reply_parts(text) if json_mode else None
         return BackendResponse(parts=parts if parts is not None else [TextPart(text=text)])

@@ -6,8 +6,10 @@ A plugin distribution registers a backend in its ``pyproject.toml``::
     my-agent = "my_package.backend:MyAgentBackend"
 
 The entry point resolves to a factory ``(options: Mapping[str, str]) -> Backend``, or a class with that
-constructor. For ``available_backends()`` it may also carry ``summary: str`` and ``options_model`` (a
-pydantic model whose fields are its options), as the built-ins do; both are optional. Built-in names win over
+constructor. For ``available_backends()`` it may also carry ``summary: str``, ``options_model`` (a
+pydantic model whose fields are its options) and ``child_env_info`` (a
+:class:`~activities.backends.environment.ChildEnvInfo`, when it runs a command), as the built-ins do; all are
+optional. Built-in names win over
 plugins, and among plugins with one name the first on ``sys.path`` wins; the losers are logged and ignored.
 """
 
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from activities.backends.base import Backend, BackendConfigError
 from activities.backends.claude_code import ClaudeCodeBackend
 from activities.backends.echo import EchoBackend
+from activities.backends.environment import ChildEnvInfo
 from activities.backends.exec import ExecBackend
 from activities.backends.http import HttpBackend
 from activities.backends.options import OptionInfo, describe_options
@@ -55,6 +58,8 @@ class BackendInfo(BaseModel):
     """One line on what it does."""
     options: tuple[OptionInfo, ...] = ()
     """The ``-o`` options it accepts, with defaults and help; empty when a plugin does not declare them."""
+    child_env: ChildEnvInfo | None = None
+    """Which variables reach the command it runs; ``None`` when it runs none (or a plugin does not say)."""
     origin: str
     """``built-in``, or the plugin's entry point (``my_package.backend:MyAgentBackend from my-dist 1.0``)."""
     load_error: str | None = None
@@ -168,11 +173,14 @@ def _origin(entry_point: metadata.EntryPoint) -> str:
 
 
 def _describe(name: str, factory: Any, origin: str) -> BackendInfo:
-    """Read a factory's optional ``summary`` (else its docstring's first line) and ``options_model``."""
+    """Read a factory's optional ``summary`` (else its docstring's first line), options and command environment."""
     summary = getattr(factory, "summary", None)
     if not isinstance(summary, str):
         doc = (getattr(factory, "__doc__", None) or "").strip()
         summary = doc.splitlines()[0] if doc else ""
     model = getattr(factory, "options_model", None)
     options = describe_options(model) if isinstance(model, type) and issubclass(model, BaseModel) else ()
-    return BackendInfo(name=name, summary=summary, options=options, origin=origin)
+    child_env = getattr(factory, "child_env_info", None)
+    if not isinstance(child_env, ChildEnvInfo):
+        child_env = None
+    return BackendInfo(name=name, summary=summary, options=options, child_env=child_env, origin=origin)

@@ -18,6 +18,7 @@ from activities.backends import (
     create_backend,
 )
 from activities.backends.echo import EchoBackend
+from activities.backends.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, NEVER_PASSED
 from activities.backends.exec import ExecBackend
 
 _PLUGIN_SOURCE = '''
@@ -188,6 +189,18 @@ def test_available_backends_builtins_describe_their_options():
     assert exec_options["env"].default == "true"
     assert all(option.help for option in exec_options.values())
     assert infos["echo"].options[0].default == "echo: {text}"
+    assert exec_options["pass_env"].default == ""
+
+
+def test_available_backends_say_which_variables_reach_commands():
+    infos = available_backends()
+
+    exec_env, claude_env = infos["exec"].child_env, infos["claude-code"].child_env
+    assert exec_env is not None and claude_env is not None
+    assert exec_env.inherited == BASE_VARIABLES
+    assert claude_env.inherited == (*BASE_VARIABLES, *CLAUDE_CODE_VARIABLES)
+    assert exec_env.never == claude_env.never == NEVER_PASSED
+    assert infos["echo"].child_env is None and infos["http"].child_env is None
 
 
 def test_available_backends_plugins_listed_with_options_and_load_errors(plugin: str):

@@ -102,6 +102,22 @@ def test_backends_lists_builtins_with_summary_options_defaults_and_help(capsys):
     assert "  -o cwd=<unset>\n" in claude
     exec_ = _section(out, "exec")
     assert "  -o format=text\n       Alias: format=json sets stdin=json" in exec_
+    assert "  -o pass_env=''\n       Worker variables the command also gets, by name" in exec_
+
+
+def test_backends_shows_which_variables_reach_each_command(capsys):
+    code, out, _ = _invoke(capsys)
+
+    assert code == 0
+    exec_ = " ".join(_section(out, "exec").split())
+    assert "environment: PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR; and what -o pass" in exec_
+    assert "with -o env=true: MOLECULE_WORKSPACE_ID, MOLECULE_ROW_ID," in exec_
+    assert "never: MOLECULE_CODEC_KEYS, MOLECULE_TOKENS_FILE, MOLECULE_*TOKEN*" in exec_
+    assert "TEMPORAL_API_KEY, TEMPORAL_TLS*" in exec_
+    claude = " ".join(_section(out, "claude-code").split())
+    assert "TMPDIR, ANTHROPIC_*, CLAUDE_CODE_*, CLAUDE_CONFIG_DIR, HTTPS_PROXY, HTTP_PROXY, NO_PROXY," in claude
+    assert "environment:" not in _section(out, "http") and "environment:" not in _section(out, "echo")
+    assert max(len(line) for line in out.splitlines() if "MOLECULE_" in line) <= 120
 
 
 def test_backends_lists_plugins_with_options_and_load_errors(capsys, plugin: str):
@@ -135,5 +151,11 @@ def test_backends_json_lists_every_backend_as_objects(capsys, plugin: str):
         "default": None,
         "help": "The agent's A2A JSON-RPC endpoint (http:// or https://).",
     }
+    assert listed["exec"]["child_env"]["inherited"][:3] == ["PATH", "HOME", "USER"]
+    assert "AWS_*" not in listed["claude-code"]["child_env"]["inherited"]
+    assert "ANTHROPIC_*" in listed["claude-code"]["child_env"]["inherited"]
+    assert "MOLECULE_ROW_ID" in listed["exec"]["child_env"]["metadata"]
+    assert "TEMPORAL_API_KEY" in listed["claude-code"]["child_env"]["never"]
+    assert listed["http"]["child_env"] is None and listed["relay"]["child_env"] is None
     assert listed["relay"]["load_error"] is None
     assert "cannot load" in listed["broken"]["load_error"]

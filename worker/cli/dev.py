@@ -31,6 +31,8 @@ def format_backends(infos: dict[str, BackendInfo]) -> str:
             lines.append(f"  -o {option.name}={value}")
             help_text = " ".join(option.help.split())
             lines += textwrap.wrap(help_text, width=112, initial_indent=" " * 7, subsequent_indent=" " * 7)
+        if info.child_env is not None:  # which worker variables reach the backend's command
+            lines += [f"  {line}" for line in info.child_env.lines()]
         lines.append("")
     return "\n".join(lines).rstrip("\n")
 

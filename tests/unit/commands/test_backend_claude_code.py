@@ -1,14 +1,14 @@
-"""The claude-code backend against a fake ``claude`` that records its argv and stdin and keeps sessions like Claude.
+"""The claude-code backend against a fake ``claude`` that speaks like the real one (tests/unit/commands/fake_claude.py).
 
-The fake refuses ``--session-id`` for a session it already has ("already in use") and ``--resume`` for one it has
-not ("No conversation found"), as Claude Code does, so the session choice is checked against the real rules.
+The fake accepts the real CLI's options (from its ``--help``), keeps sessions by Claude Code's rules and prints the
+real CLI's outputs, word for word and on the same stream, for its failures (fixtures/claude_code_cli.json): not
+logged in, invalid API key, no credit, unknown model, unknown option, session in use, no conversation found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,63 +18,38 @@ import pytest
 from activities.a2a import A2AMessage, TextPart
 from activities.backends import create_backend
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
-from activities.backends.claude_code import ClaudeCodeBackend, session_id
+from activities.backends.claude_code import MAX_SESSION_IDS, ClaudeCodeBackend, next_session_id, session_id
+from activities.backends.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, metadata_env
 from activities.backends.exec import ExecFailedError
+from tests.unit.commands import fake_claude as fake
 from tests.unit.commands.processes import process_running, wait_until
 
-FAKE_CLAUDE = """\
-#!{python}
-import json, os, subprocess, sys, time
-
-args = sys.argv[1:]
-stdin = sys.stdin.read()
-with open(os.environ["FAKE_CLAUDE_LOG"], "a") as log:
-    env = {{k: v for k, v in os.environ.items() if k.startswith("MOLECULE_")}}
-    log.write(json.dumps({{"argv": args, "stdin": stdin, "env": env, "cwd": os.getcwd()}}) + "\\n")
-store = os.environ["FAKE_CLAUDE_SESSIONS"]
-turn = 1
-if "--session-id" in args:
-    session = args[args.index("--session-id") + 1]
-    path = os.path.join(store, session)
-    if os.path.exists(path):
-        sys.exit(f"Error: Session ID {{session}} is already in use.")
-    open(path, "w").write(stdin + "\\n")
-elif "--resume" in args:
-    session = args[args.index("--resume") + 1]
-    path = os.path.join(store, session)
-    if not os.path.exists(path):
-        sys.exit(f"No conversation found with session ID: {{session}}")
-    with open(path, "a") as transcript:
-        transcript.write(stdin + "\\n")
-    turn = len(open(path).read().splitlines())
-if stdin == "hang":
-    child = subprocess.Popen(["sleep", "30"])
-    open("claude.pid.tmp", "w").write(f"{{os.getpid()}} {{child.pid}}")
-    os.rename("claude.pid.tmp", "claude.pid")
-    time.sleep(30)
-if stdin == "fail":
-    sys.stderr.write("API Error: 529 overloaded")
-    sys.exit(1)
-print(f"turn {{turn}}: {{stdin}}")
-"""
+FIXTURE_OUTPUTS = fake.OUTPUTS
 
 
 @pytest.fixture
-def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Write the fake ``claude`` and point its log and session store into ``tmp_path``; return its path."""
-    program = tmp_path / "bin" / "claude"
-    program.parent.mkdir()
-    program.write_text(FAKE_CLAUDE.format(python=sys.executable))
-    program.chmod(0o755)
-    (tmp_path / "claude-store").mkdir()
-    monkeypatch.setenv("FAKE_CLAUDE_LOG", str(tmp_path / "calls.jsonl"))
-    monkeypatch.setenv("FAKE_CLAUDE_SESSIONS", str(tmp_path / "claude-store"))
-    return program
+def fake_claude(tmp_path: Path) -> Path:
+    """Install the fake ``claude`` under ``tmp_path`` (state in ``tmp_path/claude-state``); return its path."""
+    return fake.install(tmp_path)
+
+
+def _state(tmp_path: Path) -> Path:
+    return tmp_path / "claude-state"
 
 
 def _calls(tmp_path: Path) -> list[dict[str, Any]]:
-    log = tmp_path / "calls.jsonl"
+    log = _state(tmp_path) / "calls.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _set_account(tmp_path: Path, state: str) -> None:
+    (_state(tmp_path) / "account").write_text(state)
+
+
+def _fixture_words(name: str, **values: str) -> str:
+    """What the real CLI prints for a fixture, as one stripped line."""
+    output = FIXTURE_OUTPUTS[name]
+    return (str(output["stdout"]) + str(output["stderr"])).format(**values).strip()
 
 
 def _backend(fake_claude: Path, tmp_path: Path, **options: str) -> ClaudeCodeBackend:
@@ -175,7 +150,7 @@ async def test_claude_code_marker_without_session_falls_back_to_session_id(fake_
     """Claude's storage was wiped (or cwd changed): --resume finds nothing, so the session starts afresh."""
     backend = _backend(fake_claude, tmp_path)
     await _reply(backend, _request("one"))
-    (tmp_path / "claude-store" / session_id("ws-1", "ctx-1")).unlink()
+    (_state(tmp_path) / "sessions" / session_id("ws-1", "ctx-1")).unlink()
 
     assert await _reply(backend, _request("two")) == "turn 1: two"
 
@@ -205,7 +180,178 @@ async def test_claude_code_env_has_molecule_metadata_by_default_and_no_token(
     assert with_metadata["MOLECULE_ROW_ID"] == request.row_id
     assert with_metadata["MOLECULE_CONTEXT_ID"] == "ctx-1"
     assert "MOLECULE_WORKSPACE_TOKEN" not in with_metadata
-    assert without == {}
+    assert not [name for name in without if name.startswith("MOLECULE_")]
+
+
+WORKER_SECRETS = {
+    "MOLECULE_CODEC_KEYS": "codec-key-secret-1",
+    "TEMPORAL_API_KEY": "temporal-key-secret-2",
+    "TEMPORAL_TLS_CLIENT_KEY_PATH": "/run/secrets/client-secret-3.key",
+    "MOLECULE_WORKSPACE_TOKEN": "tok-secret-4",
+    "MOLECULE_TOKENS_FILE": "/run/tok-secret-5.toml",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-6",
+}
+CLAUDE_SETTINGS = {
+    "ANTHROPIC_API_KEY": "sk-ant-api-key-value",
+    "ANTHROPIC_BASE_URL": "https://llm-gateway.example",
+    "ANTHROPIC_MODEL": "claude-x",
+    "CLAUDE_CONFIG_DIR": "/srv/claude-config",
+    "CLAUDE_CODE_USE_BEDROCK": "1",
+    "HTTPS_PROXY": "http://proxy.example:3128",
+}
+
+
+def _default_name(name: str) -> bool:
+    patterns = (*BASE_VARIABLES, *CLAUDE_CODE_VARIABLES)
+    return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in patterns)
+
+
+async def test_claude_code_child_env_is_allowlist_with_claude_settings_and_no_worker_secret(
+    fake_claude: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    for name, value in {**WORKER_SECRETS, **CLAUDE_SETTINGS, "AWS_REGION": "eu-west-1", "OTHER": "x"}.items():
+        monkeypatch.setenv(name, value)
+
+    await _reply(_backend(fake_claude, tmp_path), _request("hi"))
+
+    [call] = _calls(tmp_path)
+    env = call["env"]
+    assert {name: env.get(name) for name in CLAUDE_SETTINGS} == CLAUDE_SETTINGS
+    assert env["PATH"] and env["HOME"]
+    for name in [*WORKER_SECRETS, "AWS_REGION", "OTHER"]:
+        assert name not in env, name
+    metadata = set(metadata_env(_request()))
+    # Python (the fake) may add LC_CTYPE when it coerces the C locale; nothing else from the worker gets through.
+    assert {name for name in env if not _default_name(name) and name not in metadata} <= {"LC_CTYPE"}
+
+
+async def test_claude_code_pass_env_adds_cloud_credentials_never_worker_secrets(
+    fake_claude: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    for name, value in {**WORKER_SECRETS, "AWS_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(name, value)
+
+    await _reply(_backend(fake_claude, tmp_path, pass_env="AWS_*,TEMPORAL_*,MOLECULE_*"), _request("hi"))
+
+    env = _calls(tmp_path)[0]["env"]
+    assert (env["AWS_REGION"], env["AWS_SECRET_ACCESS_KEY"]) == ("eu-west-1", "aws-secret-6")
+    for name in WORKER_SECRETS:
+        if not name.startswith("AWS_"):
+            assert name not in env, name
+
+
+@pytest.mark.parametrize("name", ["MOLECULE_CODEC_KEYS", "TEMPORAL_API_KEY", "TEMPORAL_TLS_CLIENT_KEY_PATH"])
+def test_claude_code_pass_env_naming_a_worker_secret_is_refused(fake_claude: Path, tmp_path: Path, name: str):
+    with pytest.raises(BackendConfigError, match=rf"^claude-code: option 'pass_env': '{name}' is a secret of the"):
+        _backend(fake_claude, tmp_path, pass_env=f"AWS_REGION,{name}")
+
+
+@pytest.mark.parametrize(
+    ("account", "args", "fixture", "values"),
+    [
+        ("logged_out", "", "not_logged_in", {}),
+        ("invalid_api_key", "", "invalid_api_key", {}),
+        ("no_credit", "", "credit_balance_too_low", {}),
+        ("ok", "--model nosuchmodel", "unknown_model", {"model": "nosuchmodel"}),
+        ("ok", "--bogus-flag", "unknown_option", {"option": "--bogus-flag"}),
+        ("ok", "--permission-mode", "missing_option_value", {"usage": "--permission-mode <mode>"}),
+    ],
+)
+async def test_claude_code_cannot_run_raises_config_error_with_claudes_words(
+    fake_claude: Path, tmp_path: Path, account: str, args: str, fixture: str, values: dict[str, str]
+):
+    """Claude prints these on stdout or on stderr, exits 1; the connector must block with its words, not retry."""
+    _set_account(tmp_path, account)
+    backend = _backend(fake_claude, tmp_path, args=args)
+
+    with pytest.raises(BackendConfigError) as caught:
+        await backend.handle(_request("the message text"))
+
+    words = _fixture_words(fixture, **values)
+    assert str(caught.value).startswith(f"claude-code: Claude Code cannot run: {words}; "), str(caught.value)
+    assert "the message text" not in str(caught.value)
+    assert len(_calls(tmp_path)) == 1
+
+
+async def test_claude_code_not_logged_in_then_logged_in_continues_the_conversation(fake_claude: Path, tmp_path: Path):
+    """Claude records the session before it finds it is not logged in: after login, the id is "already in use"."""
+    backend = _backend(fake_claude, tmp_path)
+    _set_account(tmp_path, "logged_out")
+    with pytest.raises(BackendConfigError, match="Not logged in · Please run /login"):
+        await backend.handle(_request("one"))
+
+    _set_account(tmp_path, "ok")
+    assert await _reply(backend, _request("one")) == "turn 2: one"
+    assert await _reply(backend, _request("two")) == "turn 3: two"
+
+    flags = [_session_flag(call)[0] for call in _calls(tmp_path)]
+    assert flags == ["--session-id", "--session-id", "--resume", "--resume"]
+
+
+async def test_claude_code_transcript_without_conversation_moves_to_next_session_id(
+    fake_claude: Path, tmp_path: Path
+):
+    """Claude killed as it started leaves a transcript it can neither resume nor reuse: both flags are refused."""
+    first = session_id("ws-1", "ctx-1")
+    (_state(tmp_path) / "sessions" / first).write_text("")
+    backend = _backend(fake_claude, tmp_path)
+
+    assert await _reply(backend, _request("one")) == "turn 1: one"
+    assert await _reply(backend, _request("two")) == "turn 2: two"
+
+    second = next_session_id(first)
+    assert [_session_flag(call) for call in _calls(tmp_path)] == [
+        ("--session-id", first),
+        ("--resume", first),
+        ("--session-id", second),
+        ("--resume", second),
+    ]
+    assert (tmp_path / "state" / "sessions" / first).read_text().strip() == second
+    # A worker that lost its markers walks the same chain and finds the conversation.
+    lost = _backend(fake_claude, tmp_path, state_dir=str(tmp_path / "lost"))
+    assert await _reply(lost, _request("three")) == "turn 3: three"
+    assert [_session_flag(call) for call in _calls(tmp_path)[4:]] == [
+        ("--session-id", first),
+        ("--resume", first),
+        ("--session-id", second),
+        ("--resume", second),
+    ]
+
+
+async def test_claude_code_every_session_id_unusable_fails_the_message_after_bounded_runs(
+    fake_claude: Path, tmp_path: Path
+):
+    session = session_id("ws-1", "ctx-1")
+    chain = []
+    for _ in range(MAX_SESSION_IDS):
+        chain.append(session)
+        (_state(tmp_path) / "sessions" / session).write_text("")
+        session = next_session_id(session)
+
+    with pytest.raises(ExecFailedError) as caught:
+        await _backend(fake_claude, tmp_path).handle(_request("one"))
+
+    assert str(caught.value).endswith(_fixture_words("session_not_found", session=chain[-1]))
+    assert len(_calls(tmp_path)) == 2 * MAX_SESSION_IDS
+
+
+async def test_claude_code_failure_reported_on_stdout_only_is_in_the_error(fake_claude: Path, tmp_path: Path):
+    with pytest.raises(ExecFailedError) as caught:
+        await _backend(fake_claude, tmp_path).handle(_request("crash"))
+
+    assert str(caught.value).endswith("exited with status 1: (stderr empty; stdout ends with: something went wrong)")
+
+
+async def test_claude_code_error_never_carries_the_api_key(
+    fake_claude: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api-key-value")
+
+    with pytest.raises(ExecFailedError) as caught:
+        await _backend(fake_claude, tmp_path).handle(_request("leak"))
+
+    assert "sk-ant-api-key-value" not in str(caught.value)
+    assert str(caught.value).endswith("request failed with key [ANTHROPIC_API_KEY]")
 
 
 async def test_claude_code_nonzero_exit_raises_with_stderr_tail_and_writes_no_marker(fake_claude: Path, tmp_path: Path):
@@ -269,7 +415,7 @@ def test_claude_code_defaults_are_claude_on_path_and_five_minutes(tmp_path: Path
         ({"args": "--model 'unbalanced"}, "claude-code: option 'args': cannot split argument line"),
         ({"timeout": "soon"}, "claude-code: option 'timeout': invalid duration 'soon'"),
         ({"cwd": "/no/such/dir"}, "claude-code: -o cwd='/no/such/dir' is not a directory"),
-        ({"model": "x"}, "claude-code: unknown option 'model' (known: bin, args, timeout, env, cwd, sessions"),
+        ({"model": "x"}, "claude-code: unknown option 'model' (known: bin, args, timeout, env, pass_env, cwd, sess"),
     ],
 )
 def test_claude_code_bad_options_raise_config_error(

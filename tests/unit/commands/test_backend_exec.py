@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,8 @@ import pytest
 from activities.a2a import A2AMessage, TextPart
 from activities.backends import exec as exec_backend
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
-from activities.backends.exec import ExecBackend, ExecFailedError, metadata_env
+from activities.backends.environment import BASE_VARIABLES, metadata_env
+from activities.backends.exec import ExecBackend, ExecFailedError
 from tests.unit.commands.processes import process_running, wait_until
 
 
@@ -107,16 +111,53 @@ async def test_exec_cwd_runs_command_there(tmp_path: Path):
     assert Path(reply).resolve() == tmp_path.resolve()
 
 
-async def test_exec_env_adds_molecule_metadata_and_hides_tokens(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MOLECULE_TOKEN", "tok-secret-1")
-    monkeypatch.setenv("MOLECULE_WORKSPACE_TOKEN", "tok-secret-2")
-    monkeypatch.setenv("MOLECULE_TOKENS_FILE", "/run/tok-secret-4.toml")
-    monkeypatch.setenv("MOLECULE_INBOUND_SECRET", "tok-secret-3")
-    monkeypatch.setenv("AGENT_SETTING", "kept")
+# A real child that prints its whole environment as JSON (values may hold newlines, so not `env`).
+_PRINT_ENV = f"{shlex.quote(sys.executable)} -c 'import json, os; print(json.dumps(dict(os.environ)))'"
 
-    output = await _reply(ExecBackend({"cmd": "env"}), source_id=None, attempt=3)
+WORKER_SECRETS = {
+    "MOLECULE_CODEC_KEYS": "codec-key-secret-1",
+    "TEMPORAL_API_KEY": "temporal-key-secret-2",
+    "TEMPORAL_TLS_CLIENT_KEY_PATH": "/run/secrets/client-secret-3.key",
+    "TEMPORAL_TLS_CLIENT_CERT_PATH": "/run/secrets/client-secret-4.pem",
+    "TEMPORAL_GRPC_META_AUTHORIZATION": "Bearer grpc-secret-5",
+    "MOLECULE_WORKSPACE_TOKEN": "tok-secret-6",
+    "MOLECULE_TOKEN": "tok-secret-7",
+    "MOLECULE_TOKENS_FILE": "/run/tok-secret-8.toml",
+    "MOLECULE_INBOUND_SECRET": "tok-secret-9",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-10",
+}
+"""What a worker may hold that no command may see by default."""
 
-    env = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+@pytest.fixture
+def worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker environment with its secrets, cloud credentials, locale and unrelated settings set."""
+    for name, value in WORKER_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AGENT_SETTING", "kept-when-named")
+    monkeypatch.setenv("MYAPP_ONE", "1")
+    monkeypatch.setenv("MYAPP_TWO", "2")
+    monkeypatch.setenv("HOME", "/home/worker")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setenv("MOLECULE_API_URL", "http://platform.example")
+
+
+async def _child_env(backend: ExecBackend, **fields) -> dict[str, str]:
+    return json.loads(await _reply(backend, **fields))
+
+
+def _allowed_by_default(name: str) -> bool:
+    return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in BASE_VARIABLES)
+
+
+async def test_exec_child_env_is_the_allowlist_and_metadata_only(worker_env: None):
+    env = await _child_env(ExecBackend({"cmd": _PRINT_ENV}), source_id=None, attempt=3)
+
+    assert env["PATH"] == os.environ["PATH"]
+    assert (env["HOME"], env["LANG"], env["LC_TIME"], env["TZ"]) == ("/home/worker", "C.UTF-8", "C", "UTC")
     assert {name: env.get(name) for name in metadata_env(_request())} == {
         "MOLECULE_WORKSPACE_ID": "ws-1",
         "MOLECULE_ROW_ID": "row-7",
@@ -125,15 +166,79 @@ async def test_exec_env_adds_molecule_metadata_and_hides_tokens(monkeypatch: pyt
         "MOLECULE_MESSAGE_ID": "msg-1",
         "MOLECULE_ATTEMPT": "3",
     }
-    assert env["AGENT_SETTING"] == "kept"
-    assert "tok-secret" not in output
-    assert not [name for name in metadata_env(_request()) if "TOKEN" in name or "SECRET" in name]
+    unexpected = {name for name in env if not _allowed_by_default(name) and name not in metadata_env(_request())}
+    # Python itself may add LC_CTYPE when it coerces the C locale; nothing else from the worker gets through.
+    assert unexpected <= {"LC_CTYPE"}, unexpected
+    for name in [*WORKER_SECRETS, "AGENT_SETTING", "AWS_REGION", "MYAPP_ONE", "MOLECULE_API_URL"]:
+        assert name not in env
+    assert not [value for value in env.values() if "secret" in value]
+
+
+async def test_exec_pass_env_names_and_prefixes_reach_the_child(worker_env: None):
+    backend = ExecBackend({"cmd": _PRINT_ENV, "pass_env": "AGENT_SETTING, MYAPP_*,AWS_*, NOT_SET_ANYWHERE"})
+
+    env = await _child_env(backend)
+
+    assert (env["AGENT_SETTING"], env["MYAPP_ONE"], env["MYAPP_TWO"]) == ("kept-when-named", "1", "2")
+    assert (env["AWS_REGION"], env["AWS_SECRET_ACCESS_KEY"]) == ("eu-west-1", "aws-secret-10")
+    assert "NOT_SET_ANYWHERE" not in env
+    assert backend.options.pass_env == "AGENT_SETTING,MYAPP_*,AWS_*,NOT_SET_ANYWHERE"
+
+
+async def test_exec_pass_env_prefix_never_matches_worker_secrets(worker_env: None):
+    backend = ExecBackend({"cmd": _PRINT_ENV, "pass_env": "MOLECULE_*,TEMPORAL_*"})
+
+    env = await _child_env(backend)
+
+    assert env["MOLECULE_API_URL"] == "http://platform.example"
+    for name in WORKER_SECRETS:
+        if name != "AWS_SECRET_ACCESS_KEY":
+            assert name not in env, name
 
 
 async def test_exec_env_false_adds_no_metadata():
-    output = await _reply(ExecBackend({"cmd": "env", "env": "false"}))
+    env = await _child_env(ExecBackend({"cmd": _PRINT_ENV, "env": "false"}))
 
-    assert "MOLECULE_ROW_ID=" not in output
+    assert not [name for name in env if name.startswith("MOLECULE_")]
+
+
+async def test_exec_failure_text_never_carries_a_passed_secret_value(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AGENT_API_TOKEN", "agent-token-value-123")
+    backend = ExecBackend(
+        {"cmd": """sh -c 'echo "auth failed for $AGENT_API_TOKEN" >&2; exit 2'""", "pass_env": "AGENT_API_TOKEN"}
+    )
+
+    with pytest.raises(ExecFailedError) as caught:
+        await backend.handle(_request())
+
+    assert "agent-token-value-123" not in str(caught.value)
+    assert str(caught.value).endswith("auth failed for [AGENT_API_TOKEN]")
+    assert caught.value.stderr_tail == "auth failed for [AGENT_API_TOKEN]"
+
+
+@pytest.mark.parametrize(
+    ("pass_env", "expected"),
+    [
+        ("MOLECULE_CODEC_KEYS", "'MOLECULE_CODEC_KEYS' is a secret of the worker and is never passed to a command"),
+        ("PATH,TEMPORAL_API_KEY", "'TEMPORAL_API_KEY' is a secret of the worker"),
+        ("TEMPORAL_TLS_CLIENT_KEY_PATH", "'TEMPORAL_TLS_CLIENT_KEY_PATH' is a secret of the worker"),
+        ("TEMPORAL_TLS_*", "'TEMPORAL_TLS_*' is a secret of the worker"),
+        ("MOLECULE_WORKSPACE_TOKEN", "'MOLECULE_WORKSPACE_TOKEN' is a secret of the worker"),
+        ("molecule_tokens_file", "'molecule_tokens_file' is a secret of the worker"),
+        ("TEMPORAL_GRPC_META_AUTHORIZATION", "'TEMPORAL_GRPC_META_AUTHORIZATION' is a secret of the worker"),
+        ("OPENAI_API_KEY=sk-123", "'OPENAI_API_KEY': pass_env takes variable names, never values"),
+        ("*", "'*' would hand the worker's whole environment to the command; name the variables"),
+        ("1ABC", "'1ABC' is not a variable name"),
+        ("A*B", "'A*B' is not a variable name"),
+        ("MOLECULE_ROW_ID", "'MOLECULE_ROW_ID' is set per message by the backend (-o env=true)"),
+    ],
+)
+def test_exec_pass_env_refuses_values_bad_names_and_worker_secrets(pass_env: str, expected: str):
+    with pytest.raises(BackendConfigError) as caught:
+        ExecBackend({"cmd": "cat", "pass_env": pass_env})
+
+    assert str(caught.value).startswith(f"exec: option 'pass_env': {expected}"), str(caught.value)
+    assert "sk-123" not in str(caught.value)
 
 
 async def test_exec_nonzero_exit_raises_backend_error_with_stderr_tail():
@@ -235,7 +340,7 @@ async def test_exec_program_removed_after_start_raises_config_error(tmp_path: Pa
 def test_exec_unknown_option_raises_config_error():
     with pytest.raises(
         BackendConfigError,
-        match=r"^exec: unknown option 'foo' \(known: cmd, timeout, env, cwd, stdin, grace, format\)$",
+        match=r"^exec: unknown option 'foo' \(known: cmd, timeout, env, pass_env, cwd, stdin, grace, format\)$",
     ):
         ExecBackend({"cmd": "cat", "foo": "1"})
 
