@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -32,14 +33,18 @@ from activities.backends.base import (
     BackendResponse,
     PermanentBackendError,
 )
-from activities.errors import ErrorType
-from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyInput, ReplyPart
+from activities.errors import ErrorType, redact
+from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyInput, ReplyPart, ReplyResult
 from activities.platform import PlatformActivities, RowNotFoundError
 from activities.tracing import backend_span, reply_span
 
 MAX_REPLY_TEXT_BYTES = 512 * 1024
 """Reply text above this is cut with a visible marker: results live in history (2 MiB payload limit)."""
 TRUNCATION_MARKER = "\n\n[… reply truncated by molecule-connect: {dropped} bytes dropped]"
+REPLY_IN_DISPATCH_TIMEOUT_S = 10.0
+"""The reply sent with the dispatch gets this long; a slower (hung) platform gets the parts handed back to the
+workflow instead, whose ``reply`` activity keeps trying with its own retry policy: a reply that cannot be sent
+never makes the backend run again (docs/guarantees.md)."""
 
 
 def truncate_parts(parts: list[ReplyPart], limit: int = MAX_REPLY_TEXT_BYTES) -> tuple[list[ReplyPart], bool]:
@@ -154,68 +159,113 @@ class DispatchActivities:
     async def dispatch(self, input: DispatchInput) -> DispatchResult:
         """Run the backend on one message and return its reply parts, or send the reply (``input.send_reply``).
 
-        Heartbeats every third of ``heartbeat_timeout`` (at most every 10 s) while the backend runs. With
-        ``send_reply`` the reply goes out as the ``reply`` activity would send it (PROTOCOL.md §1.5, same
-        deterministic ``messageId``), saving a second activity per message; if that fails, the parts come back with
-        ``reply_error`` instead, so the workflow retries the reply alone and never re-runs the backend for it.
+        Heartbeats every third of ``heartbeat_timeout`` (at most every 10 s) across all of its work: re-reading a
+        body, the backend, and the reply. With ``send_reply`` the reply goes out as the ``reply`` activity would
+        send it (docs/protocol.md §1.5, same deterministic ``messageId``), saving a second activity per message;
+        if that fails or takes over :data:`REPLY_IN_DISPATCH_TIMEOUT_S`, the parts come back with ``reply_error``
+        instead, so the workflow sends them with its ``reply`` activity and never re-runs the backend for them.
+
+        Before the backend runs, the worker checks that it holds the workspace's token (it needs it for the reply):
+        a worker without it fails with ``TokenMissing`` and the message goes to another worker.
 
         Returns:
             Reply parts (text over :data:`MAX_REPLY_TEXT_BYTES` is truncated with a visible marker), or the sent
             reply's ``ReplyResult`` with no parts.
 
         Raises:
-            ApplicationError: ``BackendFailed`` (retryable, unless the backend raised ``PermanentBackendError``)
-                or ``BackendMisconfigured`` (non-retryable); for a body passed by reference also the errors of
-                :meth:`_read_message`.
+            ApplicationError: ``BackendFailed`` (retryable, unless the backend raised ``PermanentBackendError``),
+                ``BackendMisconfigured`` (non-retryable), ``TokenMissing``; for a body passed by reference also the
+                errors of :meth:`_read_message`.
             asyncio.CancelledError: The activity was cancelled; the backend was stopped first.
         """
         info = activity.info()
         log_extra = {"workspace_id": input.target.workspace_id, "row_id": input.row.row_id, "attempt": info.attempt}
         if input.row.message is None:
             raise ApplicationError("dispatch: row has no message", type=ErrorType.BACKEND_FAILED, non_retryable=True)
+        if self._platform is not None and (input.send_reply or input.row.body_ref is not None):
+            self._platform.check_token(input.target)
         try:
             backend = self.backend_for(input.backend)
         except BackendConfigError as err:
             raise ApplicationError(
-                f"backend {input.backend.name}: {err}", type=ErrorType.BACKEND_MISCONFIGURED, non_retryable=True
+                f"backend {input.backend.name}: {redact(str(err))}",
+                type=ErrorType.BACKEND_MISCONFIGURED,
+                non_retryable=True,
             ) from None
+        doing = f"replying to {input.row.source_id or 'the canvas'}"
+        tracking = (
+            self._platform.tracking_dispatch(input.target.workspace_id, input.row.row_id, doing)
+            if self._platform is not None
+            else contextlib.nullcontext()
+        )
+        with tracking:
+            attempt = input.attempt or info.attempt
+            return await self._heartbeating(self._work(backend, input, attempt, log_extra), info)
+
+    @staticmethod
+    async def _heartbeating(work: Any, info: activity.Info) -> DispatchResult:
+        """Await ``work`` as a task, heartbeating Temporal meanwhile; cancel it (killing its processes) if cancelled."""
         beat_every = min((info.heartbeat_timeout or timedelta(seconds=30)).total_seconds() / 3, 10.0)
-        task = asyncio.create_task(self._run_backend(backend, input, input.row.message, info.attempt))
+        task = asyncio.create_task(work)
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=max(beat_every, 0.2))
                 if done:
-                    break
+                    return task.result()
                 if not info.is_local:  # a local activity has no heartbeat; its workflow task is kept alive
                     activity.heartbeat()
-            response = task.result()
         except asyncio.CancelledError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            activity.logger.info("dispatch cancelled; backend stopped", extra=log_extra)
+            activity.logger.info("dispatch cancelled; backend stopped", extra={"row_id": info.activity_id})
             raise
+
+    async def _work(
+        self, backend: Backend, input: DispatchInput, attempt: int, log_extra: dict[str, Any]
+    ) -> DispatchResult:
+        """The backend, then (with ``send_reply``) the reply; run as the heartbeated task of ``dispatch``."""
+        assert input.row.message is not None
+        try:
+            response = await self._run_backend(backend, input, input.row.message, attempt)
         except BackendConfigError as err:
             raise ApplicationError(
-                f"backend {input.backend.name}: {err}", type=ErrorType.BACKEND_MISCONFIGURED, non_retryable=True
+                f"backend {input.backend.name}: {redact(str(err))}",
+                type=ErrorType.BACKEND_MISCONFIGURED,
+                non_retryable=True,
             ) from None
         except BackendError as err:
-            activity.logger.warning("backend failed: %s", err, extra=log_extra)
+            reason = redact(str(err))
+            activity.logger.warning("backend failed: %s", reason, extra=log_extra)
             # A permanent failure (e.g. the agent rejects the request as invalid) would fail the same way on
             # every retry, so it is dead-lettered at once.
             permanent = isinstance(err, PermanentBackendError)
-            raise ApplicationError(str(err), type=ErrorType.BACKEND_FAILED, non_retryable=permanent) from None
+            raise ApplicationError(reason, type=ErrorType.BACKEND_FAILED, non_retryable=permanent) from None
         parts, truncated = truncate_parts(list(response.parts))
         if truncated:
             activity.logger.warning("backend reply truncated", extra=log_extra)
         if not input.send_reply or self._platform is None:
             return DispatchResult(parts=parts, truncated=truncated)
+        attempted_at = datetime.now(UTC)
         try:
             with reply_span(input):
-                reply = await self._platform.send_reply(ReplyInput(target=input.target, row=input.row, parts=parts))
+                reply = await self._send_reply_briefly(ReplyInput(target=input.target, row=input.row, parts=parts))
         except ApplicationError as err:
             # The backend's work is kept: the workflow sends these parts with its own ``reply`` activity, whose
             # retry policy and failure classes (auth → blocked, permanent → dead letter) then apply.
-            activity.logger.warning("reply with the dispatch failed: %s", err, extra=log_extra)
-            return DispatchResult(parts=parts, truncated=truncated, reply_error=str(err))
+            activity.logger.warning("reply with the dispatch failed: %s", err.message, extra=log_extra)
+            return DispatchResult(
+                parts=parts, truncated=truncated, reply_error=err.message, reply_attempted_at=attempted_at
+            )
         return DispatchResult(parts=[], truncated=truncated, reply=reply)
+
+    async def _send_reply_briefly(self, reply: ReplyInput) -> ReplyResult:
+        """Send the reply, giving up after :data:`REPLY_IN_DISPATCH_TIMEOUT_S` (raised as ``Transient``)."""
+        assert self._platform is not None
+        try:
+            return await asyncio.wait_for(self._platform.send_reply(reply), timeout=REPLY_IN_DISPATCH_TIMEOUT_S)
+        except TimeoutError:
+            raise ApplicationError(
+                f"reply: no answer from the platform within {REPLY_IN_DISPATCH_TIMEOUT_S:g} s",
+                type=ErrorType.TRANSIENT,
+            ) from None

@@ -8,6 +8,7 @@ status and at most 200 characters of the body; never a token.
 from __future__ import annotations
 
 import random
+import re
 from datetime import timedelta
 from enum import StrEnum
 
@@ -31,7 +32,15 @@ class ErrorType(StrEnum):
     """The backend failed on this message: retried, then dead-lettered."""
     BACKEND_MISCONFIGURED = "BackendMisconfigured"
     """The backend cannot run at all (unknown backend, command not found, bad option): the workspace is blocked."""
+    TOKEN_MISSING = "TokenMissing"
+    """This worker holds no token for the workspace. Retryable, soon: another worker on the task queue may hold it.
+    Non-retryable once no worker has taken the activity for :data:`TOKEN_HANDOFF`: the connector shows ``blocked``."""
 
+
+TOKEN_HANDOFF = timedelta(minutes=3)
+"""How long an activity may go from worker to worker looking for one that holds the workspace's token."""
+TOKEN_RETRY_DELAY = timedelta(seconds=2)
+"""Retry delay of a ``TokenMissing`` failure: the next attempt may land on a worker that holds the token."""
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 NOT_RETRYABLE = (ErrorType.AUTH, ErrorType.GONE, ErrorType.PERMANENT, ErrorType.BACKEND_MISCONFIGURED)
@@ -66,13 +75,40 @@ def jittered_backoff() -> timedelta | None:
     return timedelta(seconds=base * random.uniform(1 - JITTER, 1 + JITTER))
 
 
+REDACTED = "<redacted>"
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;}\]]+")
+
+
+def redact(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """``text`` with every one of ``secrets`` and anything shaped like ``Bearer <credential>`` replaced.
+
+    Applied to every error text built from what a platform or agent answered, before it is raised, logged or
+    returned: a platform that echoes the ``Authorization`` header in a ``401`` body must not get the token into
+    history, ``status`` or logs (docs/guarantees.md, secrets).
+    """
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+def request_secrets(response: httpx.Response) -> tuple[str, ...]:
+    """The credential a request carried (its bearer token), to redact from anything its answer says."""
+    try:
+        header = response.request.headers.get("authorization", "")
+    except RuntimeError:  # a response built without a request (tests)
+        return ()
+    scheme, _, credential = header.partition(" ")
+    return (credential.strip(),) if scheme.lower() == "bearer" and credential.strip() else ()
+
+
 def body_excerpt(response: httpx.Response, limit: int = 200) -> str:
-    """At most ``limit`` characters of a response body, on one line."""
+    """At most ``limit`` characters of a response body, on one line, with the request's token redacted."""
     try:
         text = response.text
     except (UnicodeDecodeError, httpx.ResponseNotRead):
         return "<unreadable body>"
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()), request_secrets(response))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -107,5 +143,7 @@ def classify_response(operation: str, response: httpx.Response, *, own_workspace
 def transport_error(operation: str, err: httpx.HTTPError) -> ApplicationError:
     """A network failure or timeout as a retryable ``Transient`` error (PROTOCOL.md §2)."""
     return ApplicationError(
-        f"{operation}: {type(err).__name__}: {err}"[:300], type=ErrorType.TRANSIENT, next_retry_delay=jittered_backoff()
+        redact(f"{operation}: {type(err).__name__}: {err}")[:300],
+        type=ErrorType.TRANSIENT,
+        next_retry_delay=jittered_backoff(),
     )

@@ -6,6 +6,7 @@ All models are frozen and ``extra="forbid"``; quantities in plain JSON end in ``
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Literal
 
@@ -52,16 +53,28 @@ class RowPointer(Model):
     created_at: datetime | None = None
     """The row's ``created_at``; used to recover from a 410 without skipping newer rows."""
 
+    @property
+    def usable(self) -> bool:
+        """Whether the platform accepts this row as a cursor (a UUID id; anything else answers ``500``)."""
+        try:
+            uuid.UUID(self.row_id)
+        except ValueError:
+            return False
+        return True
+
 
 # --- register / heartbeat ---------------------------------------------------------------------------------------
 
 
 class RegisterInput(Model):
-    """Input of ``register`` (PROTOCOL.md §3.1)."""
+    """Input of ``register`` (docs/protocol.md §3.1)."""
 
     target: PlatformTarget
     agent_name: str = "molecule-connect"
     """``agent_card.name`` sent to the platform."""
+    last_beat_at: datetime | None = None
+    """When this connector last had a heartbeat accepted (carried in its state); ``None`` on a first start. A
+    workspace that is ``online`` with a later heartbeat is being served by someone else (``RegisterResult.warning``)."""
 
 
 class RegisterResult(Model):
@@ -69,6 +82,9 @@ class RegisterResult(Model):
 
     delivery_mode: str
     """The delivery mode the platform recorded (``poll`` expected)."""
+    warning: str | None = None
+    """Set when, before registering, the workspace was already ``online`` with a heartbeat this connector did not
+    send: another connector (another namespace or cluster) may be serving it, and canvas replies would go out twice."""
 
 
 class HeartbeatInput(Model):
@@ -117,7 +133,10 @@ class PollInput(Model):
     max_wait_s: float = 600.0
     """Return an empty batch after this long, so an idle workspace costs ~6 history events per ``max_wait_s``."""
     not_before: datetime | None = None
-    """Without a cursor after a reset: only rows created at or after this time are returned (PROTOCOL.md §3.3)."""
+    """Without a cursor after a reset: only rows created at or after this time are returned (docs/protocol.md §3.3)."""
+    ignore_row_ids: list[str] = Field(default_factory=list)
+    """Rows already settled that cannot become the cursor (ids that are not UUIDs): left out of the result, so a
+    hostile row at the head of the inbox is reported once, not on every read."""
 
 
 class BodyRef(Model):
@@ -198,6 +217,76 @@ class PollResult(Model):
     """How many inbox requests this activity made."""
 
 
+# --- session: heartbeat and poll in one activity ------------------------------------------------------------------
+
+
+class AgentReport(Model):
+    """What the platform heartbeat says about the agent besides liveness (docs/protocol.md §3.2).
+
+    ``runtime_state`` is never sent: any value but empty or ``wedged`` would keep the workspace ``degraded``.
+    """
+
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Recent share of failed dispatches; ``>= 0.5`` makes the platform show the workspace ``degraded``."""
+    started_at: datetime | None = None
+    """When the connector first started (kept through continue-as-new): ``uptime_seconds`` counts from it."""
+
+
+class SessionInput(Model):
+    """Input of the long-running ``session`` activity: platform heartbeats, and inbox reads when ``poll`` is set.
+
+    One activity per workspace keeps both duties, so one Temporal heartbeat per platform beat proves both alive, and
+    a dead worker's workspace is picked up by another worker within the activity's heartbeat timeout (about
+    1.2 × ``heartbeat_interval_s``), well inside the platform's 90 s stale window.
+    """
+
+    target: PlatformTarget
+    poll: PollInput | None = None
+    """Long-poll the inbox with these parameters; ``None``: heartbeats only (paused, backpressure, draining)."""
+    heartbeat_interval_s: float = 30.0
+    """Seconds between platform heartbeats."""
+    last_beat_at: datetime | None = None
+    """When the last platform heartbeat was accepted; the first beat of this session is due one interval later
+    (at once when ``None`` or overdue)."""
+    run_for_s: float = 600.0
+    """Return after this long even without rows, so a quiet workspace costs a few history events per run."""
+    report: AgentReport = Field(default_factory=AgentReport)
+    trouble_after_s: float = 60.0
+    """A platform failure (transient ones included) lasting this long ends the session with ``trouble``, so the
+    workflow shows it (phase ``degraded``); the next session keeps retrying."""
+    in_trouble: bool = False
+    """The previous session ended in trouble: end this one as soon as a read (or beat) succeeds again."""
+
+
+class PlatformTrouble(Model):
+    """A platform failure that has lasted, as a session reports it."""
+
+    operation: str
+    """``poll`` or ``heartbeat``."""
+    error: str
+    """The last error, one line."""
+    since: datetime
+    """When the failures started."""
+    attempts: int
+    """Failed requests since then."""
+
+
+class SessionResult(Model):
+    """Result of ``session``: what the inbox read found (if anything), heartbeat counts and lasting trouble."""
+
+    poll: PollResult | None = None
+    """Rows, a cold-start seed or a reset; ``None`` when the session ended without news from the inbox."""
+    beats: int = 0
+    beat_failures: int = 0
+    """Platform heartbeats that failed transiently in this session."""
+    last_beat_at: datetime | None = None
+    """When the last platform heartbeat was accepted (this session's, else the input's)."""
+    trouble: PlatformTrouble | None = None
+    """Set when the session ended because a failure lasted ``trouble_after_s``."""
+    recovered: bool = False
+    """``in_trouble`` was set and the platform answered again."""
+
+
 # --- dispatch / reply ------------------------------------------------------------------------------------------
 
 
@@ -209,6 +298,9 @@ class DispatchInput(Model):
     row: PolledRow
     lane: str
     """The conversation (``contextId``, else the sender, else ``canvas``)."""
+    attempt: int = 0
+    """The connector's attempt number for this message (the workflow retries dispatches itself); ``0``: use the
+    activity's own attempt count. Backends see it as ``MOLECULE_ATTEMPT``."""
     send_reply: bool = False
     """Send the reply from this activity once the backend answered (one activity per message instead of two); a
     reply that fails here is returned with its parts, for the workflow's own ``reply`` activity to retry, so a failed
@@ -226,6 +318,8 @@ class DispatchResult(Model):
     """Set when ``send_reply`` was asked and the platform accepted the reply."""
     reply_error: str | None = None
     """Why the reply sent from this activity failed (one line); ``parts`` then holds the reply to send again."""
+    reply_attempted_at: datetime | None = None
+    """When the failed reply was first tried (it may have reached the platform): passed on to ``reply``."""
 
 
 class ReplyInput(Model):
@@ -237,6 +331,9 @@ class ReplyInput(Model):
     parts: list[ReplyPart]
     is_error: bool = False
     """An error reply (the message was dead-lettered); marked in metadata for the sender."""
+    attempted_at: datetime | None = None
+    """When an earlier attempt (the reply sent with the dispatch) may have reached the platform: a canvas reply is
+    then looked for before it is sent again (``notify`` has no ``messageId`` to deduplicate on)."""
 
 
 class ReplyResult(Model):
@@ -245,3 +342,13 @@ class ReplyResult(Model):
     destination: Literal["peer", "canvas"]
     message_id: str | None = None
     """The deterministic reply messageId (peer replies)."""
+    deduplicated: bool = False
+    """A canvas reply an earlier attempt had already delivered (its echo row was found): not sent again."""
+
+
+class CheckCursorInput(Model):
+    """Input of ``check_cursor``: is this row in the workspace's inbox (docs/protocol.md §3.3)."""
+
+    target: PlatformTarget
+    row_id: str
+    """The row the operator wants the cursor on (a UUID)."""

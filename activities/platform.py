@@ -1,23 +1,29 @@
 """``PlatformActivities``: every call to the Molecule platform, over one shared ``httpx.AsyncClient``.
 
-Activities: ``register`` (PROTOCOL.md §3.1), ``heartbeat`` (long-running, §3.2), ``poll`` (long-poll of the inbox,
-§3.3–4) and ``reply`` (§3.4 to a peer, §3.5 to the canvas); :meth:`PlatformActivities.read_body` re-reads, inside
-``dispatch``, a body the poll passed by reference. Failures are raised as ``ApplicationError`` typed by
-``activities.errors`` (PROTOCOL.md §2). Tokens are looked up per call from the workspace id and exist only in request
-headers: never in arguments, results, errors or logs.
+Activities: ``register`` (docs/protocol.md §3.1), ``session`` (long-running: platform heartbeats, §3.2, and the long
+poll of the inbox, §3.3–4, in one activity per workspace), ``check_cursor`` (is a row in the inbox, for the
+``set_cursor`` update) and ``reply`` (§3.4 to a peer, §3.5 to the canvas). ``heartbeat`` and ``poll`` are the two
+activities ``session`` replaced; they stay registered for connectors started before it. :meth:`read_body` re-reads,
+inside ``dispatch``, a body the poll passed by reference.
 
-Large bodies never enter history: a deliverable row whose ``request_body`` is over :data:`BODY_REF_BYTES` is
-returned by ``poll`` as a reference (``PolledRow.body_ref``: its message without parts, and where to re-read it),
-and ``dispatch`` re-reads the body from the platform just before running the backend.
+Failures are raised as ``ApplicationError`` typed by ``activities.errors`` (docs/protocol.md §2). Tokens are looked
+up per call from the workspace id and exist only in request headers: never in arguments, results, errors or logs
+(error text built from an answer is redacted, ``activities.errors.redact``). A worker that holds no token for a
+workspace fails the activity with ``TokenMissing``, retried soon, so another worker of the task queue takes it.
+
+Large bodies never enter history: a deliverable row whose ``request_body`` is over ``BODY_REF_BYTES`` is returned by
+the poll as a reference (``PolledRow.body_ref``) and ``dispatch`` re-reads it just before running the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import logging
 import time
-import uuid
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -25,20 +31,33 @@ import orjson
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.a2a import (
-    MalformedMessageError,
-    TextPart,
-    build_reply_request,
-    parse_inbound,
-    reply_message_id,
-)
+from activities.a2a import TextPart, build_reply_request, reply_message_id
 from activities.budget import Priority, RequestBudgets, next_poll_interval
-from activities.errors import ErrorType, classify_response, transport_error
+from activities.errors import (
+    TOKEN_HANDOFF,
+    TOKEN_RETRY_DELAY,
+    ErrorType,
+    classify_response,
+    transport_error,
+)
+from activities.inbox import (
+    INBOX_TYPE,
+    MAX_BATCH_BYTES,
+    RESET_READ_LIMIT,
+    InboxFormatError,
+    InboxRow,
+    decode_inbox,
+    is_uuid,
+    parse_time,
+    rows_to_polled,
+)
 from activities.messages import (
-    BodyRef,
+    AgentReport,
+    CheckCursorInput,
     HeartbeatInput,
     HeartbeatResult,
     PlatformTarget,
+    PlatformTrouble,
     PolledRow,
     PollInput,
     PollResult,
@@ -47,45 +66,34 @@ from activities.messages import (
     ReplyInput,
     ReplyResult,
     RowPointer,
+    SessionInput,
+    SessionResult,
 )
 
-INBOX_TYPE = "a2a_receive"
-DISPATCHED_METHODS = frozenset({"message/send", "message/stream"})
-RESET_READ_LIMIT = 500
-"""Rows re-read (newest first) after a 410 or without a cursor: the platform's maximum ``limit``."""
-MAX_BATCH_BYTES = 768 * 1024
-"""A poll result's rows stay under this many JSON bytes, well inside Temporal's 2 MiB payload limit (rest: next
-poll). One carried row is at most :data:`BODY_REF_BYTES` + :data:`TEXT_COPY_BYTES`, so a row always fits."""
-BODY_REF_BYTES = 256 * 1024
-"""A deliverable row whose ``request_body`` is over this many JSON bytes is passed by reference: ``poll`` returns its
-message without parts plus a ``BodyRef``, and ``dispatch`` re-reads the body (:meth:`PlatformActivities.read_body`).
-Whatever a sender posts (the platform accepts up to 16 MiB), no body over this enters workflow history."""
-REF_MESSAGE_BYTES = 16 * 1024
-"""The parts-less message of a reference is carried without its ``metadata`` when larger than this (the backend
-still sees the metadata: ``dispatch`` re-reads the whole message); a reference whose ids alone are larger is
-``malformed``."""
-TEXT_COPY_BYTES = 64 * 1024
-"""Text over this is carried once, in ``message.parts``, and not copied into ``PolledRow.text`` as well."""
-MAX_QUOTED_CHARS = 200
-"""A row's ``method`` and the skip reasons quoting it are cut to this many characters: the sender chooses the method,
-and a huge one must not grow a poll result past Temporal's payload limit."""
 BUDGET_HEARTBEAT_S = 5.0
 """While a request waits for the request budget, Temporal is heartbeated this often, so a long queue never looks
 like a dead worker (the poll's ``heartbeat_timeout`` is 30 s + ``poll_interval_s``)."""
+SESSION_HEARTBEAT_RATIO = 1.2
+"""A session's Temporal heartbeat timeout is this × its heartbeat cadence (``workflows.connect``): one missed
+heartbeat plus 20 % means the worker is gone."""
+TRANSIENT_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+"""Pauses between the session's retries of a failing inbox read (then 30 s), unless ``Retry-After`` says more."""
+NOTIFY_SKEW_S = 10.0
+"""Clock difference allowed between a worker and the platform when looking for a notify's echo row."""
+NOTIFY_ECHO_LIMIT = 100
+"""Newest inbox rows searched for a notify's echo row."""
+TOKEN_NOTICE_S = 300.0
+"""A worker without a workspace's token says so at most once per this many seconds per workspace."""
 
 TokenLookup = Callable[[str], str]
 """``workspace_id -> token``; raises ``LookupError`` or ``ValueError`` (``worker.secrets.TokenError``) when it cannot
 answer, with a message that holds no secret."""
 
+logger = logging.getLogger(__name__)
 
-def _parse_time(value: Any) -> datetime | None:
-    """Parse the platform's ISO-8601 ``created_at`` (``Z`` suffix accepted); ``None`` when absent or bad."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+_IN_SESSION: contextvars.ContextVar[bool] = contextvars.ContextVar("in_session", default=False)
+"""Set inside ``session``: its pulse heartbeats Temporal, so a request queued for the budget must not (an extra
+heartbeat would shift the pulse's heartbeats under the SDK's throttle)."""
 
 
 async def _pause(seconds: float) -> bool:
@@ -105,117 +113,6 @@ async def _pause(seconds: float) -> bool:
     return activity.is_worker_shutdown()
 
 
-def _clipped(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-def row_to_polled(row: dict[str, Any], *, read_after: str | None = None) -> PolledRow:
-    """Apply the skip rules of PROTOCOL.md §4 and parse one inbox row.
-
-    Args:
-        row: One element of ``GET /workspaces/{id}/activity`` (JSON object).
-        read_after: Id of the inbox row just before this one, or ``None`` when unknown; kept in ``body_ref`` when the
-            body is passed by reference, so ``dispatch`` can re-read it with ``since_id`` (see ``BodyRef``).
-
-    Returns:
-        A ``PolledRow`` whose ``outcome`` is ``deliver`` (with message and text; a body over :data:`BODY_REF_BYTES`
-        as a reference: ``body_ref`` set, message without parts, no text), ``skip`` (notify echo, error row, already
-        answered by push, unknown method, no content) or ``malformed`` (a body that cannot be parsed, or a
-        reference whose message ids alone are over :data:`REF_MESSAGE_BYTES`).
-    """
-    row_id = str(row.get("id"))
-    method = row.get("method")
-    common: dict[str, Any] = {
-        "row_id": row_id,
-        "created_at": _parse_time(row.get("created_at")),
-        "source_id": row.get("source_id"),
-        "method": _clipped(method) if isinstance(method, str) else method,
-    }
-    body = row.get("request_body")
-    body_bytes = len(orjson.dumps(body)) if body is not None else 0
-    common["body_bytes"] = body_bytes
-
-    def skip(reason: str) -> PolledRow:
-        return PolledRow(**common, outcome="skip", reason=_clipped(reason))
-
-    if row.get("activity_type", INBOX_TYPE) != INBOX_TYPE:
-        return skip(f"activity_type {row.get('activity_type')!r} is not {INBOX_TYPE}")
-    if method == "notify":
-        return skip("own canvas reply (notify echo)")
-    if row.get("status") == "error":
-        return skip("row status is error")
-    if row.get("response_body") is not None:
-        return skip("already answered (push delivery)")
-    if method not in DISPATCHED_METHODS:
-        return skip(f"unknown method {method!r}")
-    if body is None:
-        return skip("no request_body")
-    try:
-        parsed = parse_inbound(body)
-    except MalformedMessageError as err:
-        return PolledRow(**common, outcome="malformed", reason=err.reason)
-    depth = (parsed.message.metadata or {}).get("auto_reply_depth", 0)
-    deliver: dict[str, Any] = {
-        "outcome": "deliver",
-        "unsupported_parts": parsed.unsupported_parts,
-        "auto_reply_depth": depth if isinstance(depth, int) and depth >= 0 else 0,
-    }
-    if body_bytes <= BODY_REF_BYTES:
-        text = "" if len(parsed.text.encode()) > TEXT_COPY_BYTES else parsed.text
-        return PolledRow(**common, **deliver, message=parsed.message, text=text)
-    message = parsed.message.model_copy(update={"parts": []})
-    carried = len(message.model_dump_json(by_alias=True))
-    if carried > REF_MESSAGE_BYTES:
-        message = message.model_copy(update={"metadata": None})
-        carried = len(message.model_dump_json(by_alias=True))
-    if carried > REF_MESSAGE_BYTES:
-        return PolledRow(
-            **common,
-            outcome="malformed",
-            reason=f"message ids too large: {carried} bytes without parts and metadata (at most {REF_MESSAGE_BYTES})",
-        )
-    return PolledRow(
-        **{**common, "body_bytes": carried},
-        **deliver,
-        message=message,
-        body_ref=BodyRef(read_after=read_after, body_bytes=body_bytes),
-    )
-
-
-def rows_to_polled(
-    rows: list[dict[str, Any]], *, read_after: str | None, not_before: datetime | None = None
-) -> list[PolledRow]:
-    """Parse a batch read from the inbox, giving each row its predecessor for ``BodyRef.read_after``.
-
-    The predecessor of the first row is ``read_after``; of each other row, the row before it in ``rows`` (every
-    ``a2a_receive`` row the platform returned, including rows then skipped or left out by ``not_before``).
-
-    Args:
-        rows: Inbox rows oldest first (an ASC read, or a DESC read already reversed).
-        read_after: The row before ``rows[0]``: the ``since_id`` cursor of an ASC read; ``None`` for a newest-first
-            read without a cursor, whose oldest row has no known predecessor.
-        not_before: Only rows created at or after this are returned (rows without a ``created_at`` are kept).
-
-    Returns:
-        The parsed rows, oldest first.
-    """
-    polled = []
-    for row in rows:
-        created_at = _parse_time(row.get("created_at"))
-        if not_before is None or created_at is None or created_at >= not_before:
-            polled.append(row_to_polled(row, read_after=read_after))
-        read_after = str(row["id"])
-    return polled
-
-
 class RowNotFoundError(LookupError):
     """A row passed by reference is no longer on the platform, so its body cannot be re-read.
 
@@ -226,6 +123,36 @@ class RowNotFoundError(LookupError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Beats:
+    """Heartbeat bookkeeping of one session: counts, the last accepted beat, and a lasting failure."""
+
+    def __init__(self, last_beat_at: datetime | None) -> None:
+        self.beats = 0
+        self.failures = 0
+        self.last_beat_at = last_beat_at
+        self.failing_since: datetime | None = None
+        self.failing_attempts = 0
+        self.last_error = ""
+        self.fatal: BaseException | None = None
+        """An auth, gone or permanent failure of a beat: it ends the session."""
+
+    def ok(self) -> None:
+        self.beats += 1
+        self.last_beat_at = _now()
+        self.failing_since = None
+        self.failing_attempts = 0
+
+    def failed(self, error: str) -> None:
+        self.failures += 1
+        self.failing_since = self.failing_since or _now()
+        self.failing_attempts += 1
+        self.last_error = error
 
 
 class PlatformActivities:
@@ -249,7 +176,7 @@ class PlatformActivities:
         Args:
             http: Shared client (not owned: the caller closes it).
             token_for: Token lookup by workspace id.
-            org_id: Sent as ``X-Molecule-Org-Id`` when set (hosted platforms, PROTOCOL.md §2).
+            org_id: Sent as ``X-Molecule-Org-Id`` when set (hosted platforms, docs/protocol.md §2).
             agent_version: ``agent_card.version`` sent on register.
             budgets: The worker process's request budget per platform (``activities.budget``); unlimited when
                 ``None``.
@@ -262,21 +189,61 @@ class PlatformActivities:
         self._quiet_since: dict[str, float] = {}
         """Workspace id → when its inbox last had rows (or polling started), kept across poll runs in this process
         so an idle inbox stays backed off when the workflow starts the next long poll (a hint: lost on restart)."""
+        self._dispatching: dict[str, dict[str, str]] = {}
+        """Workspace id → row id → what its dispatch is doing, for the ``active_tasks`` and ``current_task`` of the
+        platform heartbeat. Only dispatches running in this process are known (all of them for a ``run``)."""
+        self._token_notices: dict[str, float] = {}
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
-    def _headers(self, target: PlatformTarget, *, body: bool = False) -> dict[str, str]:
-        """Auth and tenant headers for one request (PROTOCOL.md §2); raises ``Auth`` when no token is known."""
+    def _token(self, target: PlatformTarget) -> str:
+        """The workspace's token.
+
+        Raises:
+            ApplicationError: ``TokenMissing``: retryable with a short delay, so another worker of the task queue
+                (one that holds the token) takes the activity; non-retryable once the activity has been looking
+                for such a worker for ``TOKEN_HANDOFF`` (the workflow then shows ``blocked`` with this reason).
+        """
         try:
-            token = self._token_for(target.workspace_id)
+            return self._token_for(target.workspace_id)
         except (LookupError, ValueError) as err:
-            raise ApplicationError(str(err), type=ErrorType.AUTH, non_retryable=True) from None
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Origin": target.platform_url}
+            info = activity.info()
+            message = f"{err} (this worker serves task queue {info.task_queue})"
+            now = time.monotonic()
+            if now - self._token_notices.get(target.workspace_id, -TOKEN_NOTICE_S) >= TOKEN_NOTICE_S:
+                self._token_notices[target.workspace_id] = now
+                logger.warning(
+                    "no token for workspace %s on task queue %s: handing its activities to another worker; "
+                    "add it to MOLECULE_TOKENS_FILE",
+                    target.workspace_id,
+                    info.task_queue,
+                    extra={"workspace_id": target.workspace_id},
+                )
+            searching = _now() - info.scheduled_time
+            if info.is_local or searching >= TOKEN_HANDOFF:
+                raise ApplicationError(message, type=ErrorType.TOKEN_MISSING, non_retryable=True) from None
+            raise ApplicationError(message, type=ErrorType.TOKEN_MISSING, next_retry_delay=TOKEN_RETRY_DELAY) from None
+
+    def _headers(self, target: PlatformTarget, *, body: bool = False) -> dict[str, str]:
+        """Auth and tenant headers for one request (docs/protocol.md §2); raises ``TokenMissing`` (see _token)."""
+        headers = {
+            "Authorization": f"Bearer {self._token(target)}",
+            "Accept": "application/json",
+            "Origin": target.platform_url,
+        }
         if body:
             headers["Content-Type"] = "application/json"
         if self._org_id:
             headers["X-Molecule-Org-Id"] = self._org_id
         return headers
+
+    def check_token(self, target: PlatformTarget) -> None:
+        """Fail with ``TokenMissing`` unless this worker holds the workspace's token (see :meth:`_token`).
+
+        ``dispatch`` calls it before running a backend, so a worker that could not send the reply hands the message
+        to one that can instead of running the backend for nothing.
+        """
+        self._token(target)
 
     async def _request(
         self,
@@ -314,23 +281,46 @@ class PlatformActivities:
         acquire = asyncio.ensure_future(budget.acquire(priority))
         try:
             while not (await asyncio.wait({acquire}, timeout=BUDGET_HEARTBEAT_S))[0]:
-                if not activity.info().is_local:
+                if not activity.info().is_local and not _IN_SESSION.get():
                     activity.heartbeat()
         finally:
             acquire.cancel()  # no-op once acquired; otherwise leaves the queue (we are being cancelled)
         acquire.result()
 
+    @contextlib.contextmanager
+    def tracking_dispatch(self, workspace_id: str, row_id: str, doing: str) -> Iterator[None]:
+        """Count a dispatch as an active task of its workspace while the block runs (for the platform heartbeat).
+
+        Args:
+            workspace_id: The workspace.
+            row_id: The inbound row being dispatched.
+            doing: ``current_task`` text, e.g. ``replying to <peer>``; never message content.
+        """
+        tasks = self._dispatching.setdefault(workspace_id, {})
+        tasks[row_id] = doing
+        try:
+            yield
+        finally:
+            tasks.pop(row_id, None)
+            if not tasks:
+                self._dispatching.pop(workspace_id, None)
+
     # --- register / heartbeat ---------------------------------------------------------------------------------
 
     @activity.defn(name="register")
     async def register(self, input: RegisterInput) -> RegisterResult:
-        """Register the workspace in poll mode: ``POST /registry/register`` (PROTOCOL.md §3.1).
+        """Register the workspace in poll mode: ``POST /registry/register`` (docs/protocol.md §3.1).
 
         Idempotent upsert: status becomes ``online``. A bootstrap ``auth_token`` in the answer is never returned.
+        First reads the workspace (``GET /workspaces/{id}``, §3.6): when it is already ``online`` with a heartbeat
+        this connector did not send (later than ``input.last_beat_at``, within the platform's 90 s stale window),
+        ``RegisterResult.warning`` says another connector may be serving it. Nothing can prevent that across
+        Temporal namespaces or clusters: the platform has no lease.
 
         Raises:
-            ApplicationError: ``Transient`` (retried), ``Auth``, ``Gone`` or ``Permanent``.
+            ApplicationError: ``Transient`` (retried), ``Auth``, ``Gone``, ``Permanent`` or ``TokenMissing``.
         """
+        warning = await self._other_connector(input)
         body = {
             "id": input.target.workspace_id,
             "delivery_mode": "poll",
@@ -349,58 +339,269 @@ class PlatformActivities:
             data = {}
         data = data if isinstance(data, dict) else {}
         activity.logger.info("registered", extra={"workspace_id": input.target.workspace_id})
-        return RegisterResult(delivery_mode=str(data.get("delivery_mode", "poll")))
+        return RegisterResult(delivery_mode=str(data.get("delivery_mode", "poll")), warning=warning)
+
+    async def _other_connector(self, input: RegisterInput) -> str | None:
+        """The warning of :meth:`register` when someone else heartbeats the workspace; ``None`` when unsure."""
+        target = input.target
+        response = await self._request("read workspace", "GET", target, f"/workspaces/{target.workspace_id}")
+        if response.status_code != 200:
+            return None  # register itself reports auth, gone and outages
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or data.get("status") not in ("online", "degraded"):
+            return None
+        beat = parse_time(data.get("last_heartbeat_at"))
+        if beat is None or _now() - beat > timedelta(seconds=90):
+            return None
+        if input.last_beat_at is not None and beat <= input.last_beat_at + timedelta(seconds=NOTIFY_SKEW_S):
+            return None
+        warning = (
+            f"workspace was already online with a heartbeat at {beat.isoformat()} that this connector did not send: "
+            "another connector (another Temporal namespace or cluster) may be serving it, so canvas replies could "
+            "be sent twice; stop the other one"
+        )
+        activity.logger.warning(warning, extra={"workspace_id": target.workspace_id})
+        return warning
+
+    async def _beat(self, target: PlatformTarget, report: AgentReport) -> httpx.Response | None:
+        """Post one ``POST /registry/heartbeat`` (docs/protocol.md §3.2); ``None`` when it failed transiently.
+
+        ``runtime_state`` is left out (anything but empty would keep the workspace ``degraded``).
+
+        Raises:
+            ApplicationError: ``Auth``, ``Gone``, ``Permanent`` or ``TokenMissing``.
+        """
+        tasks = self._dispatching.get(target.workspace_id, {})
+        body: dict[str, Any] = {
+            "workspace_id": target.workspace_id,
+            "active_tasks": len(tasks),
+            "current_task": next(reversed(tasks.values()), ""),
+            "error_rate": round(report.error_rate, 3),
+        }
+        if report.started_at is not None:
+            body["uptime_seconds"] = max(0, int((_now() - report.started_at).total_seconds()))
+        try:
+            response = await self._request(
+                "heartbeat", "POST", target, "/registry/heartbeat", json_body=body, priority=Priority.HEARTBEAT
+            )
+        except ApplicationError as err:
+            if err.type != ErrorType.TRANSIENT:
+                raise
+            activity.logger.warning("heartbeat failed: %s", err.message, extra={"workspace_id": target.workspace_id})
+            return None
+        if response.status_code < 300:
+            return response
+        error = classify_response("heartbeat", response)
+        if error.type != ErrorType.TRANSIENT:
+            raise error
+        activity.logger.warning("heartbeat failed: %s", error.message, extra={"workspace_id": target.workspace_id})
+        return None
 
     @activity.defn(name="heartbeat")
     async def heartbeat(self, input: HeartbeatInput) -> HeartbeatResult:
         """Post ``POST /registry/heartbeat`` every ``interval_s`` for ``run_for_s``, heartbeating Temporal each beat.
 
-        Long-running so that a connected workspace costs a few history events per hour. A transient platform failure
-        is counted and retried at the next beat (a beat is never worth failing the duty for); ``Retry-After`` shortens
-        nothing, as the next beat is at most ``interval_s`` away.
-
-        Returns:
-            Beats posted and transient failures, once ``run_for_s`` has elapsed.
+        Replaced by ``session``; kept for connectors started before it (their histories call it).
 
         Raises:
-            ApplicationError: ``Auth`` (401/403, no token) or ``Gone`` (404/410): the workflow pauses the duty.
+            ApplicationError: ``Auth`` (401/403), ``Gone`` (404/410) or ``TokenMissing``.
             asyncio.CancelledError: The workflow cancelled the duty (continue-as-new, drain).
         """
         started = time.monotonic()
         beats = failures = 0
-        body = {"workspace_id": input.target.workspace_id}
+        report = AgentReport(started_at=_now())
         while True:
-            response: httpx.Response | None = None
-            try:
-                response = await self._request(
-                    "heartbeat",
-                    "POST",
-                    input.target,
-                    "/registry/heartbeat",
-                    json_body={**body, "uptime_seconds": int(time.monotonic() - started)},
-                    priority=Priority.HEARTBEAT,
-                )
-            except ApplicationError as err:
-                if err.type != ErrorType.TRANSIENT:
-                    raise
-            if response is not None and response.status_code < 300:
-                beats += 1
-            else:
-                if response is not None:
-                    error = classify_response("heartbeat", response)
-                    if error.type != ErrorType.TRANSIENT:
-                        raise error
-                failures += 1
-                activity.logger.warning(
-                    "heartbeat failed", extra={"workspace_id": input.target.workspace_id, "failures": failures}
-                )
+            ok = await self._beat(input.target, report) is not None
+            beats, failures = beats + ok, failures + (not ok)
             activity.heartbeat(beats, failures)
             if time.monotonic() - started >= input.run_for_s:
                 return HeartbeatResult(beats=beats, failures=failures)
             # A failed beat is retried sooner (5 s), but never later than the next regular beat would be.
-            ok = response is not None and response.status_code < 300
             if await _pause(input.interval_s if ok else min(input.interval_s, 5.0)):
                 return HeartbeatResult(beats=beats, failures=failures)
+
+    # --- the session: heartbeats and the inbox in one activity --------------------------------------------------
+
+    @activity.defn(name="session")
+    async def session(self, input: SessionInput) -> SessionResult:
+        """Keep a workspace attached: platform heartbeats, and the long poll of its inbox when ``input.poll`` is set.
+
+        Heartbeats: ``POST /registry/heartbeat`` every ``heartbeat_interval_s`` (the first one due an interval after
+        ``last_beat_at``), each right after a Temporal heartbeat. The Temporal heartbeat cadence is
+        ``heartbeat_timeout / 1.2`` capped at ``heartbeat_interval_s``: with the default timeout (36 s) that is one
+        Temporal heartbeat per platform beat (~120 billable actions an hour), and when the worker dies the activity
+        times out within 36 s of its last beat and is retried on another worker, which beats at once: the platform
+        sees a gap under ~40 s, inside its 90 s stale window (docs/guarantees.md, failover).
+
+        Inbox (with ``input.poll``): as the ``poll`` activity, reads ``GET /workspaces/{id}/activity`` every
+        ``poll_interval_s`` (idle backoff of ``activities.budget``) and returns as soon as a read brings rows, a
+        cold-start seed or a cursor reset. Transient failures (network, 5xx, 429 with its ``Retry-After``) are
+        retried here with backoff, not by Temporal, so that one lasting ``trouble_after_s`` can be reported: the
+        session then returns with ``trouble`` and the workflow shows it (phase ``degraded``).
+
+        Returns:
+            After rows (``poll``), after ``run_for_s`` without news, on lasting trouble, on recovery from it
+            (``in_trouble``), or when the worker shuts down.
+
+        Raises:
+            ApplicationError: ``Auth``, ``Gone``, ``Permanent`` (from the inbox or a beat) or ``TokenMissing``.
+            asyncio.CancelledError: The workflow cancelled the session (control change, continue-as-new, drain).
+        """
+        info = activity.info()
+        timeout = (info.heartbeat_timeout or timedelta(seconds=36)).total_seconds()
+        cadence = max(min(input.heartbeat_interval_s, timeout / SESSION_HEARTBEAT_RATIO), 0.5)
+        beats = _Beats(input.last_beat_at)
+        _IN_SESSION.set(True)  # copied into the tasks below; this activity runs in its own context
+        pulse = asyncio.create_task(self._pulse(input, beats, cadence))
+        tasks: set[asyncio.Task[Any]] = {pulse}
+        reader = asyncio.create_task(self._read_inbox(input, beats)) if input.poll is not None else None
+        if reader is not None:
+            tasks.add(reader)
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=input.run_for_s, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raises Auth / Gone / TokenMissing
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        news: PollResult | SessionResult | None = reader.result() if reader is not None and reader in done else None
+        if pulse in done and pulse.result() is not None:
+            news = pulse.result()
+        if isinstance(news, SessionResult):
+            return news.model_copy(update=self._beat_counts(beats))
+        return SessionResult(poll=news, **self._beat_counts(beats))
+
+    @staticmethod
+    def _beat_counts(beats: _Beats) -> dict[str, Any]:
+        return {"beats": beats.beats, "beat_failures": beats.failures, "last_beat_at": beats.last_beat_at}
+
+    async def _pulse(self, input: SessionInput, beats: _Beats, cadence: float) -> SessionResult | None:
+        """Heartbeat Temporal every ``cadence`` seconds and, when due, the platform right after.
+
+        The first Temporal heartbeat waits for the first platform beat (at most ``cadence`` away), so every
+        Temporal heartbeat follows a platform beat and the SDK's heartbeat throttle (80 % of the timeout) never
+        delays one: the gap between two accepted platform beats across a worker's death stays within the heartbeat
+        timeout plus a retry. A platform beat never holds up the next Temporal heartbeat: it runs as its own task.
+
+        Returns (ending the session) when the worker shuts down, when platform beats have failed for
+        ``trouble_after_s`` (``trouble``), or when one works again after ``in_trouble``; raises what ``_beat``
+        raises (``Auth``, ``Gone``, ``TokenMissing``).
+        """
+        beat_task: asyncio.Task[httpx.Response | None] | None = None
+        now = time.monotonic()
+        overdue = 0.0 if beats.last_beat_at is None else (_now() - beats.last_beat_at).total_seconds()
+        next_beat = now + max(0.0, input.heartbeat_interval_s - overdue) if beats.last_beat_at else now
+        next_pulse = min(next_beat, now + cadence)
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_pulse - 0.05:
+                    activity.heartbeat()
+                    next_pulse = now + cadence
+                if beat_task is None and now >= next_beat - 0.05:
+                    beat_task = asyncio.create_task(self._beat(input.target, input.report))
+                    # A failed beat is tried again after 5 s, never later than the next regular beat.
+                    if await self._settle_beat(beat_task, beats, wait=min(cadence, 10.0)):
+                        beat_task = None
+                    retry = beats.failing_since is not None
+                    next_beat = time.monotonic() + (
+                        min(5.0, input.heartbeat_interval_s) if retry else input.heartbeat_interval_s
+                    )
+                elif beat_task is not None and beat_task.done():
+                    beat_task = None  # its outcome was recorded by its callback
+                if beats.fatal is not None:
+                    raise beats.fatal
+                if beats.failing_since is not None and _now() - beats.failing_since >= timedelta(
+                    seconds=input.trouble_after_s
+                ):
+                    return SessionResult(trouble=self._trouble("heartbeat", beats))
+                if input.in_trouble and input.poll is None and beats.beats:
+                    return SessionResult(recovered=True)
+                if await _pause(max(0.05, min(next_pulse, next_beat) - time.monotonic())):
+                    return None
+        finally:
+            if beat_task is not None:
+                beat_task.cancel()
+
+    @staticmethod
+    async def _settle_beat(task: asyncio.Task[httpx.Response | None], beats: _Beats, *, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for a platform beat and record its outcome; ``False`` if still running."""
+        done, _ = await asyncio.wait({task}, timeout=wait)
+        if not done:
+            task.add_done_callback(lambda t: PlatformActivities._record_beat(t, beats))
+            return False
+        PlatformActivities._record_beat(task, beats)
+        return True
+
+    @staticmethod
+    def _record_beat(task: asyncio.Task[httpx.Response | None], beats: _Beats) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            beats.fatal = error
+            return
+        if task.result() is not None:
+            beats.ok()
+        else:
+            beats.failed("heartbeat failed (network error, timeout or 5xx)")
+
+    @staticmethod
+    def _trouble(operation: str, beats: _Beats) -> PlatformTrouble:
+        return PlatformTrouble(
+            operation=operation,
+            error=beats.last_error,
+            since=beats.failing_since or _now(),
+            attempts=beats.failing_attempts,
+        )
+
+    async def _read_inbox(self, input: SessionInput, beats: _Beats) -> PollResult | SessionResult:
+        """The inbox half of :meth:`session`: read until there is news, retrying transient failures itself."""
+        assert input.poll is not None
+        poll = input.poll
+        workspace_id = poll.target.workspace_id
+        quiet_since = self._quiet_since.setdefault(workspace_id, time.monotonic())
+        interval = poll.poll_interval_s
+        reads = 0
+        trouble = _Beats(None)  # failure bookkeeping of the reads
+        while True:
+            reads += 1
+            try:
+                result = await self._poll_once(poll)
+            except ApplicationError as err:
+                if err.type != ErrorType.TRANSIENT:
+                    raise
+                trouble.failed(err.message)
+                if _now() - (trouble.failing_since or _now()) >= timedelta(seconds=input.trouble_after_s):
+                    if not input.in_trouble:
+                        return SessionResult(trouble=self._trouble("poll", trouble))
+                pause = TRANSIENT_BACKOFF_S[min(trouble.failing_attempts, len(TRANSIENT_BACKOFF_S)) - 1]
+                if err.next_retry_delay is not None:
+                    pause = max(pause, err.next_retry_delay.total_seconds())
+                activity.logger.warning(
+                    "inbox read failed (attempt %d, retrying in %.0f s): %s",
+                    trouble.failing_attempts,
+                    pause,
+                    err.message,
+                    extra={"workspace_id": workspace_id},
+                )
+                if await _pause(pause):
+                    return SessionResult()
+                continue
+            if input.in_trouble:
+                news = result.model_copy(update={"polls": reads}) if result is not None else None
+                return SessionResult(poll=news, recovered=True)
+            if result is not None:
+                if result.rows:
+                    self._quiet_since.pop(workspace_id, None)
+                return self._bounded(result).model_copy(update={"polls": reads})
+            interval = next_poll_interval(poll.poll_interval_s, interval, time.monotonic() - quiet_since)
+            if await _pause(interval):
+                return SessionResult()
 
     # --- poll -------------------------------------------------------------------------------------------------
 
@@ -421,19 +622,18 @@ class PlatformActivities:
             priority=priority,
         )
 
-    def _rows(self, response: httpx.Response, operation: str = "poll") -> list[dict[str, Any]]:
+    @staticmethod
+    def _rows(response: httpx.Response, operation: str = "poll") -> list[InboxRow]:
+        """Decode an inbox answer row by row (``activities.inbox.decode_inbox``)."""
         if response.status_code >= 300:
             raise classify_response(operation, response)
         try:
-            data = orjson.loads(response.content or b"[]")
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, list):
-            raise ApplicationError(f"{operation}: inbox answer is not a JSON array", type=ErrorType.TRANSIENT)
-        return [row for row in data if isinstance(row, dict) and row.get("id")]
+            return decode_inbox(response.content)
+        except InboxFormatError as err:
+            raise ApplicationError(f"{operation}: {err}", type=ErrorType.TRANSIENT) from None
 
-    async def _read_newest(self, target: PlatformTarget, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` rows, oldest first (the platform answers DESC without a cursor, PROTOCOL.md §3.3)."""
+    async def _read_newest(self, target: PlatformTarget, limit: int) -> list[InboxRow]:
+        """The newest ``limit`` rows, oldest first (the platform answers DESC without a cursor, §3.3)."""
         rows = self._rows(await self._get_inbox(target, {"limit": limit}))
         rows.reverse()
         return rows
@@ -442,12 +642,13 @@ class PlatformActivities:
         """One inbox read. ``None`` when there is nothing to report and the long poll should go on."""
         target = input.target
         cursor = input.cursor
-        if cursor is not None and not _is_uuid(cursor.row_id):
-            # A non-UUID cursor gets a 500 on every poll (PROTOCOL.md §3.3): treat it as lost, like a 410.
+        if cursor is not None and not is_uuid(cursor.row_id):
+            # A non-UUID cursor gets a 500 on every poll (docs/protocol.md §3.3): treat it as lost, like a 410.
             activity.logger.warning("cursor is not a UUID; resetting", extra={"workspace_id": target.workspace_id})
             rows = await self._read_newest(target, RESET_READ_LIMIT)
             return PollResult(
-                rows=rows_to_polled(rows, read_after=None, not_before=cursor.created_at), cursor_reset=True
+                rows=self._new(rows_to_polled(rows, read_after=None, not_before=cursor.created_at), input),
+                cursor_reset=True,
             )
         if cursor is not None:
             response = await self._get_inbox(target, {"since_id": cursor.row_id, "limit": input.limit})
@@ -457,25 +658,33 @@ class PlatformActivities:
                     extra={"workspace_id": target.workspace_id, "row_id": cursor.row_id},
                 )
                 rows = await self._read_newest(target, RESET_READ_LIMIT)
-                polled = rows_to_polled(rows, read_after=None, not_before=cursor.created_at)
-                return PollResult(rows=polled, cursor_reset=True)
-            rows = self._rows(response)
-            return PollResult(rows=rows_to_polled(rows, read_after=cursor.row_id)) if rows else None
+                floor = max((t for t in (cursor.created_at, input.not_before) if t is not None), default=None)
+                polled = rows_to_polled(rows, read_after=None, not_before=floor)
+                return PollResult(rows=self._new(polled, input), cursor_reset=True)
+            polled = self._new(rows_to_polled(self._rows(response), read_after=cursor.row_id), input)
+            return PollResult(rows=polled) if polled else None
         if not input.seeded:
             if input.start_from == "latest":
-                newest = await self._read_newest(target, 1)
-                seed = (
-                    RowPointer(row_id=str(newest[-1]["id"]), created_at=_parse_time(newest[-1].get("created_at")))
-                    if newest
-                    else None
-                )
+                newest = [r for r in await self._read_newest(target, 20) if is_uuid(str(r.fields["id"]))]
+                seed = None
+                if newest:
+                    fields = newest[-1].fields
+                    seed = RowPointer(row_id=str(fields["id"]), created_at=parse_time(fields.get("created_at")))
                 return PollResult(seed=seed, cold_start_done=True)
             rows = await self._read_newest(target, min(max(input.backlog_limit, 1), RESET_READ_LIMIT))
-            return PollResult(rows=rows_to_polled(rows, read_after=None), cold_start_done=True)
+            return PollResult(rows=self._new(rows_to_polled(rows, read_after=None), input), cold_start_done=True)
         # Seeded without a cursor: the inbox was empty (or reset) then, so every row since is new.
         rows = await self._read_newest(target, RESET_READ_LIMIT)
-        polled = rows_to_polled(rows, read_after=None, not_before=input.not_before)
+        polled = self._new(rows_to_polled(rows, read_after=None, not_before=input.not_before), input)
         return PollResult(rows=polled) if polled else None
+
+    @staticmethod
+    def _new(rows: list[PolledRow], input: PollInput) -> list[PolledRow]:
+        """Leave out rows the workflow settled but cannot use as a cursor (``PollInput.ignore_row_ids``)."""
+        if not input.ignore_row_ids:
+            return rows
+        ignored = set(input.ignore_row_ids)
+        return [row for row in rows if row.row_id not in ignored]
 
     @staticmethod
     def _bounded(result: PollResult) -> PollResult:
@@ -493,24 +702,16 @@ class PlatformActivities:
 
     @activity.defn(name="poll")
     async def poll(self, input: PollInput) -> PollResult:
-        """Long-poll the inbox until rows arrive or ``max_wait_s`` passes (PROTOCOL.md §3.3–4).
+        """Long-poll the inbox until rows arrive or ``max_wait_s`` passes (docs/protocol.md §3.3–4).
 
-        Reads ``GET /workspaces/{id}/activity?type=a2a_receive&since_id=<cursor>`` every ``poll_interval_s`` and
-        heartbeats Temporal on each pass, so polling costs no history. Without a cursor, applies the cold start
-        (``latest``: seed at the newest row; ``backlog``: the newest ``backlog_limit`` rows, oldest first). On a 410,
-        re-reads the newest rows without a cursor and keeps those created at or after the cursor row (the workflow's
-        dedupe window drops anything already seen).
-
-        Idle backoff (``activities.budget.next_poll_interval``): after a minute without rows the pause between reads
-        grows ×1.5 per empty read up to ``max(10 s, poll_interval_s)``. The quiet spell is remembered per workspace
-        in this process, so the next long poll continues it; it ends, and reads go back to ``poll_interval_s``, as
-        soon as a read returns rows (which also ends this run). No input field is needed, so histories replay as is.
+        Replaced by ``session``; kept for connectors started before it (their histories call it).
 
         Returns:
             Rows oldest first (skip rules applied), possibly empty after ``max_wait_s``.
 
         Raises:
-            ApplicationError: ``Transient`` (retried with backoff, ``Retry-After`` honoured), ``Auth``, ``Gone``.
+            ApplicationError: ``Transient`` (retried with backoff, ``Retry-After`` honoured), ``Auth``, ``Gone``,
+                ``TokenMissing``.
             asyncio.CancelledError: The workflow cancelled the poll (pause, cursor change, continue-as-new).
         """
         deadline = time.monotonic() + input.max_wait_s
@@ -530,16 +731,37 @@ class PlatformActivities:
             if time.monotonic() + interval >= deadline or await _pause(interval):
                 return PollResult(polls=polls)
 
+    @activity.defn(name="check_cursor")
+    async def check_cursor(self, input: CheckCursorInput) -> None:
+        """Check that a row is in the workspace's inbox before the cursor moves to it (``set_cursor`` update).
+
+        Reads ``since_id=<row>&limit=1`` (docs/protocol.md §3.3): the platform answers ``410`` for a row it does not
+        know in this inbox (unknown, pruned, or another workspace's).
+
+        Raises:
+            ApplicationError: ``Permanent`` with advice when the platform does not know the row; ``Transient``,
+                ``Auth``, ``Gone`` or ``TokenMissing`` as any platform call.
+        """
+        response = await self._get_inbox(input.target, {"since_id": input.row_id, "limit": 1}, operation="check")
+        if response.status_code == 410:
+            raise ApplicationError(
+                f"row {input.row_id} is not in this workspace's inbox (unknown, pruned or another workspace's): "
+                "give a row id from `molecule-connect status` or the platform, or `--latest`",
+                type=ErrorType.PERMANENT,
+                non_retryable=True,
+            )
+        self._rows(response, "check cursor")
+
     # --- re-read a body passed by reference --------------------------------------------------------------------
 
     async def read_body(self, target: PlatformTarget, row: PolledRow) -> Any:
-        """Re-read the ``request_body`` of a row ``poll`` passed by reference (``PolledRow.body_ref``).
+        """Re-read the ``request_body`` of a row the poll passed by reference (``PolledRow.body_ref``).
 
         Called by ``dispatch``, within the platform's request budget. The platform has no single-row read
-        (PROTOCOL.md §3.3), so the row is read as the one after its predecessor,
+        (docs/protocol.md §3.3), so the row is read as the one after its predecessor,
         ``GET /workspaces/{id}/activity?type=a2a_receive&since_id=<read_after>&limit=1``, and its ``id`` checked.
         When there is no known predecessor, the predecessor was pruned (410) or another row (or none) comes back,
-        the row is looked for among the newest :data:`RESET_READ_LIMIT` rows: a row without a known predecessor
+        the row is looked for among the newest ``RESET_READ_LIMIT`` rows: a row without a known predecessor
         can only be re-read while it is among the newest 500 of the inbox.
 
         Args:
@@ -552,7 +774,7 @@ class PlatformActivities:
         Raises:
             RowNotFoundError: The row is no longer on the platform (pruned, or no longer among the newest rows).
             ApplicationError: ``Transient`` (network, 5xx, 429: retryable, ``Retry-After`` honoured), ``Auth``
-                (401/403, no token) or ``Gone`` (404 on our workspace), classified like every platform call.
+                (401/403), ``TokenMissing`` or ``Gone`` (404 on our workspace), classified like every platform call.
         """
         ref = row.body_ref
         if ref is None:
@@ -564,63 +786,53 @@ class PlatformActivities:
             response = await self._get_inbox(target, params, operation=operation, priority=Priority.WORK)
             if response.status_code != 410:
                 rows = self._rows(response, operation)
-                if rows and str(rows[0]["id"]) == row.row_id:
-                    return rows[0].get("request_body")
+                if rows and str(rows[0].fields["id"]) == row.row_id:
+                    return self._readable_body(rows[0])
             activity.logger.warning(
                 "message body not after its predecessor; searching the newest rows", extra=log_extra
             )
         response = await self._get_inbox(
             target, {"limit": RESET_READ_LIMIT}, operation=operation, priority=Priority.WORK
         )
-        found = next((r for r in self._rows(response, operation) if str(r["id"]) == row.row_id), None)
+        found = next((r for r in self._rows(response, operation) if str(r.fields["id"]) == row.row_id), None)
         if found is not None:
-            return found.get("request_body")
+            return self._readable_body(found)
         if ref.read_after is not None:
             raise RowNotFoundError("message body no longer on the platform (pruned); cannot re-read")
         raise RowNotFoundError(
             f"message body not among the newest {RESET_READ_LIMIT} inbox rows (pruned or too old); cannot re-read"
         )
 
+    @staticmethod
+    def _readable_body(row: InboxRow) -> Any:
+        if row.problem is not None:
+            raise RowNotFoundError(f"message body cannot be decoded: {row.problem}")
+        return row.fields.get("request_body")
+
     # --- reply ------------------------------------------------------------------------------------------------
 
     @activity.defn(name="reply")
     async def reply(self, input: ReplyInput) -> ReplyResult:
-        """Send the reply for one inbound row (PROTOCOL.md §1.5); see :meth:`send_reply`."""
+        """Send the reply for one inbound row (docs/protocol.md §1.5); see :meth:`send_reply`."""
         return await self.send_reply(input)
 
     async def send_reply(self, input: ReplyInput) -> ReplyResult:
-        """Send the reply for one inbound row (PROTOCOL.md §1.5), inside any activity (``reply``, ``dispatch``).
+        """Send the reply for one inbound row (docs/protocol.md §1.5), inside any activity (``reply``, ``dispatch``).
 
         From a peer (``source_id`` set): a new ``message/send`` to ``POST /workspaces/{source_id}/a2a`` in the v0.3
-        reply shape of PROTOCOL.md §5, with a deterministic ``messageId`` (UUIDv5 of workspace + row), so a retried
-        reply is stored once. From the canvas: ``POST /workspaces/{self}/notify`` with the text.
+        reply shape of docs/protocol.md §5, with a deterministic ``messageId`` (UUIDv5 of workspace + row), so a
+        retried reply is stored once. From the canvas: ``POST /workspaces/{self}/notify`` with the text. A notify
+        has no ``messageId`` for the platform to deduplicate, so before sending one that an earlier attempt may
+        have delivered (``input.attempted_at``, a retry, a local activity) the inbox is searched for its echo row
+        (§3.5: same text, created since the first attempt): found means sent.
 
         Raises:
-            ApplicationError: ``Transient`` (retried), ``Auth`` (our token), ``Permanent`` (the peer refused it; 404
-                on a peer is permanent, not ``Gone``).
+            ApplicationError: ``Transient`` (retried), ``Auth`` (our token), ``TokenMissing``, ``Permanent`` (the
+                peer refused it; 404 on a peer is permanent, not ``Gone``).
         """
         target, row = input.target, input.row
         if row.source_id is None:
-            text = "\n".join(p.text for p in input.parts if isinstance(p, TextPart))
-            attachments = [
-                {
-                    "uri": p.file.uri,
-                    "name": p.file.name or p.file.uri,
-                    **({"mimeType": p.file.mime_type} if p.file.mime_type else {}),
-                }
-                for p in input.parts
-                if p.kind == "file" and p.file.uri
-            ]
-            body: dict[str, Any] = {"message": text or "(no text)"}
-            if attachments:
-                body["attachments"] = attachments
-            response = await self._request(
-                "reply to canvas", "POST", target, f"/workspaces/{target.workspace_id}/notify", json_body=body
-            )
-            if response.status_code >= 300:
-                raise classify_response("reply to canvas", response)
-            return ReplyResult(destination="canvas")
-
+            return await self._notify(input)
         message_id = reply_message_id(target.workspace_id, row.row_id, error=input.is_error)
         metadata: dict[str, Any] = {"auto_reply": True, "auto_reply_depth": row.auto_reply_depth + 1}
         if input.is_error:
@@ -645,3 +857,61 @@ class PlatformActivities:
         if response.status_code >= 300:
             raise classify_response(operation, response, own_workspace=False)
         return ReplyResult(destination="peer", message_id=message_id)
+
+    async def _notify(self, input: ReplyInput) -> ReplyResult:
+        target = input.target
+        text = "\n".join(p.text for p in input.parts if isinstance(p, TextPart)) or "(no text)"
+        attachments = [
+            {
+                "uri": p.file.uri,
+                "name": p.file.name or p.file.uri,
+                **({"mimeType": p.file.mime_type} if p.file.mime_type else {}),
+            }
+            for p in input.parts
+            if p.kind == "file" and p.file.uri
+        ]
+        info = activity.info() if activity.in_activity() else None
+        first_try = input.attempted_at
+        if info is not None and (info.attempt > 1 or info.is_local):
+            first_try = min(t for t in (first_try, info.scheduled_time) if t is not None)
+        if first_try is not None and await self._notify_echo_exists(target, text, since=first_try):
+            activity.logger.info(
+                "canvas reply already on the platform (its echo row found); not sent again",
+                extra={"workspace_id": target.workspace_id, "row_id": input.row.row_id},
+            )
+            return ReplyResult(destination="canvas", deduplicated=True)
+        body: dict[str, Any] = {"message": text}
+        if attachments:
+            body["attachments"] = attachments
+        response = await self._request(
+            "reply to canvas", "POST", target, f"/workspaces/{target.workspace_id}/notify", json_body=body
+        )
+        if response.status_code >= 300:
+            raise classify_response("reply to canvas", response)
+        return ReplyResult(destination="canvas")
+
+    async def _notify_echo_exists(self, target: PlatformTarget, text: str, *, since: datetime) -> bool:
+        """Whether the inbox holds a notify echo row with ``text`` created since ``since`` (docs/protocol.md §3.5).
+
+        Reads the newest rows created in the window (``since_secs``, newest first) and compares the echo's
+        ``response_body.result``. Two canvas replies with the same text in the same window would match each
+        other; canvas messages of one conversation are answered one at a time, so that needs two canvas
+        conversations answered with identical text within seconds, while one of them was failing.
+        """
+        window = max(1, int((_now() - since).total_seconds() + 2 * NOTIFY_SKEW_S))
+        response = await self._get_inbox(
+            target, {"since_secs": window, "limit": NOTIFY_ECHO_LIMIT}, operation="look for notify echo"
+        )
+        floor = since - timedelta(seconds=NOTIFY_SKEW_S)
+        for row in self._rows(response, "look for notify echo"):
+            fields = row.fields
+            answer = fields.get("response_body")
+            created = parse_time(fields.get("created_at"))
+            if (
+                fields.get("method") == "notify"
+                and isinstance(answer, dict)
+                and answer.get("result") == text
+                and (created is None or created >= floor)
+            ):
+                return True
+        return False

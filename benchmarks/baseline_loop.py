@@ -7,10 +7,10 @@ does the same, so the benchmarks can say what durability through Temporal costs 
 works.
 
 It shares with the real connector everything that is not the delivery engine, so only the engine is compared:
-the skip rules and A2A parsing (:func:`activities.platform.row_to_polled`), the backend registry
+the skip rules and A2A parsing (:func:`activities.inbox.row_to_polled`), the backend registry
 (:func:`activities.backends.create_backend`), and the reply shape and deterministic reply id
 (:func:`activities.a2a.build_reply_request`). A body the connector would pass by reference (over
-:data:`activities.platform.BODY_REF_BYTES`) is parsed from the row already in memory: the baseline has no history
+:data:`activities.inbox.BODY_REF_BYTES`) is parsed from the row already in memory: the baseline has no history
 to keep small, so it needs no re-read. It does not repeat the Go CLI's known mistakes (PROTOCOL.md §9:
 reply shape, canvas replies, notify echo rows). What it deliberately lacks is what Temporal gives the connector:
 no retries with backoff, no dead letters, no parallel lanes, no crash-safe reply-once guarantee (a crash between
@@ -33,7 +33,7 @@ import orjson
 from activities.a2a import TextPart, build_reply_request, parse_inbound, reply_message_id
 from activities.backends import Backend, BackendRequest, create_backend
 from activities.messages import BackendSpec, PolledRow
-from activities.platform import INBOX_TYPE, row_to_polled
+from activities.inbox import INBOX_TYPE, row_to_polled
 from devplatform.client import CreatedWorkspace
 from worker.http import platform_client
 

@@ -94,7 +94,16 @@ async def running_worker(
         client,
         task_queue=task_queue,
         workflows=[ConnectWorkflow],
-        activities=[platform.register, platform.heartbeat, platform.poll, platform.reply, dispatch.dispatch],
+        activities=[
+            platform.register,
+            platform.session,
+            platform.check_cursor,
+            platform.reply,
+            dispatch.dispatch,
+            # Replaced by ``session``; connectors started before it still call them until they continue as new.
+            platform.heartbeat,
+            platform.poll,
+        ],
         max_concurrent_activities=max_concurrent_activities,
         graceful_shutdown_timeout=graceful_shutdown,
         interceptors=worker_interceptors() if interceptors is None else interceptors,

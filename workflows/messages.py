@@ -11,11 +11,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from activities.messages import BackendSpec, ColdStart, RowPointer
+from activities.messages import BackendSpec, ColdStart, PlatformTrouble, RowPointer
+from workflows.outage import Outage
 from workflows.state import ConnectState
 
-Phase = Literal["registering", "connected", "paused", "blocked", "gone", "draining", "stopped"]
-"""Connector phase shown by ``status`` (DESIGN.md §2)."""
+Phase = Literal[
+    "registering", "connected", "degraded", "backend_down", "paused", "blocked", "gone", "draining", "stopped"
+]
+"""Connector phase shown by ``status`` (docs/architecture.md §2). ``degraded``: a platform failure has lasted a
+minute (still retried); ``backend_down``: dispatches fail across messages, probing (``workflows.outage``)."""
 
 
 class Model(BaseModel):
@@ -44,7 +48,13 @@ class ConnectSettings(Model):
     heartbeat_interval_s: float = Field(default=30.0, gt=0, le=60)
     """Seconds between platform heartbeats (the platform marks a workspace stale after 90 s)."""
     heartbeat_run_for_s: float = Field(default=3600.0, ge=10)
-    """How long one heartbeat activity runs before it returns and is restarted."""
+    """How long one heartbeat activity runs before it returns and is restarted (connectors started before the
+    ``session`` activity; a session returns after ``poll_max_wait_s``)."""
+    failover_timeout_s: float | None = Field(default=None, ge=2, le=600)
+    """How long a dead worker's session (heartbeats and inbox reads) goes unnoticed before another worker takes it
+    over: the ``session`` activity's heartbeat timeout. Default ``1.2 × heartbeat_interval_s`` (36 s): one Temporal
+    heartbeat per platform beat, ~120 billable actions per workspace-hour, and a platform heartbeat gap under ~40 s
+    when a worker dies. Lower is faster failover at ~``3600 × 1.2 / failover_timeout_s`` actions an hour."""
     max_concurrency: int = Field(default=4, ge=1, le=256)
     """Conversations (lanes) dispatched in parallel."""
     max_pending: int = Field(default=200, ge=1, le=5000)
@@ -71,10 +81,14 @@ class ConnectSettings(Model):
     """Seconds between checks while the workspace is gone (404/410 on our own workspace)."""
     error_reply: bool = True
     """Tell the sender when its message is dead-lettered."""
-    error_reply_template: str = "Sorry, this message could not be processed: {error}"
-    """Text of the error reply; ``{error}`` is the one-line reason."""
+    error_reply_template: str = "Sorry, this message could not be processed (reference: {row_id})."
+    """Text of the error reply. ``{row_id}`` is the inbound row (the operator's reference); ``{error}`` is only the
+    kind of failure (``the agent failed``, ``the agent timed out``, ``the message could not be read``, ...), never the
+    details, which stay in ``status`` and the logs: a sender never learns local paths, commands or environment."""
     max_auto_reply_depth: int = Field(default=4, ge=0)
-    """Messages that are automatic replies deeper than this are settled without dispatch (PROTOCOL.md §7)."""
+    """Automatic exchanges in a row a conversation may have (counted on our side: peer agents' messages and quick
+    answers to our replies, and the ``auto_reply_depth`` peers copy); past it messages are settled without dispatch
+    and the sender is told once (docs/protocol.md §7)."""
     max_auto_replies_per_minute: int = Field(default=10, ge=1)
     """Automatic replies (``auto_reply_depth`` ≥ 1) dispatched per conversation per minute at most; more are
     settled without dispatch, so two auto-responders cannot answer each other forever (PROTOCOL.md §7)."""
@@ -92,6 +106,13 @@ class ConnectInput(Model):
     settings: ConnectSettings = Field(default_factory=ConnectSettings)
     state: ConnectState | None = None
     """Carried state (continue-as-new). ``None`` on a first start."""
+    packed_state: bytes | None = None
+    """Carried state too large to carry readably (over 256 KiB of JSON): zlib-compressed JSON of ``ConnectState``.
+    Keeps thousands of dead letters and queued bodies inside Temporal's 2 MiB payload limit."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
 
     @field_validator("platform_url")
     @classmethod
@@ -160,11 +181,19 @@ class StatusResult(Model):
     """Pending messages per conversation."""
     in_flight: list[InFlight]
     dead_letters: list[DeadLetterSummary]
+    """The newest dead letters (at most 20; the ``dead_letters`` query pages through all of them)."""
+    dead_letters_total: int = 0
     dead_letters_evicted: int
     counters: dict[str, int]
     heartbeat: HeartbeatHealth
     last_delivery_at: datetime | None = None
     last_error: str | None = None
+    trouble: PlatformTrouble | None = None
+    """A platform failure that has lasted (phase ``degraded``): operation, last error, since when, attempts."""
+    outage: Outage | None = None
+    """The backend outage in progress (phase ``backend_down``): since, held messages, next probe."""
+    warnings: list[str] = Field(default_factory=list)
+    """Things an operator should know that do not stop delivery (e.g. another connector may serve the workspace)."""
     settings: ConnectSettings
 
 
@@ -189,6 +218,20 @@ class SetCursorInput(Model):
     row_id: str
     """An activity row id (a UUID), or ``latest`` to skip to the newest row. Settled messages are never redelivered:
     the dedupe window still drops them after a rewind (PROTOCOL.md §8)."""
+
+
+class DeadLetterPage(Model):
+    """Input of the ``dead_letters`` query: which page of the dead letters, oldest first."""
+
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class DeadLetterList(Model):
+    """Answer of the ``dead_letters`` query."""
+
+    total: int
+    letters: list[DeadLetterSummary]
 
 
 class DeadLetterSelection(Model):

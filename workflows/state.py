@@ -13,21 +13,28 @@ Cursor rules (PROTOCOL.md §8, DESIGN.md §2):
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from activities.messages import PolledRow, PollResult, ReplyPart, RowPointer
+from activities.a2a import A2AMessage
+from activities.messages import BodyRef, PolledRow, PollResult, ReplyPart, RowPointer
+from workflows.outage import BackendHealth
 
 DEDUPE_WINDOW = 5000
 """Row ids and message ids remembered after settling: far more than one poll batch (≤ 500) or a 410 re-read."""
-DEAD_LETTER_LIMIT = 200
-"""Dead letters kept; older ones are evicted and counted."""
-DEAD_LETTER_BYTES = 512 * 1024
-"""Dead letters kept, in JSON bytes. They are carried through continue-as-new, whose input must stay under Temporal's
-2 MiB payload limit or every workflow task fails; so the oldest are evicted beyond this, even the newest when it alone
-is larger (a large message: its sender was still told)."""
+DEAD_LETTER_LIMIT = 10_000
+"""Dead letters kept per workspace. They are references (the body stays on the platform), never evicted: when the
+limit is reached the connector stops taking new work (``blocked: dead-letter queue full``) until an operator redrives
+or discards some (docs/guarantees.md)."""
+REPLY_PARTS_KEPT_BYTES = 16 * 1024
+"""A reply-stage dead letter keeps the backend's answer when it is at most this large (JSON), so a redrive resends it
+without running the backend again; a larger answer is not kept and a redrive runs the backend once more."""
+AUTO_EXCHANGE_WINDOW = timedelta(seconds=10)
+"""A peer message arriving this soon after our reply in the same conversation counts as an automatic exchange."""
+AUTO_EXCHANGE_FORGET = timedelta(hours=1)
+"""A conversation's automatic-exchange count is forgotten after this long without messages."""
 
 SettleReason = Literal["replied", "skipped", "dead_lettered", "duplicate", "discarded"]
 
@@ -69,11 +76,21 @@ class Counters(StateModel):
 
 
 class DeadLetter(StateModel):
-    """A message set aside after failing (PROTOCOL.md §8): enough to tell the operator and to redrive it."""
+    """A message set aside after failing (docs/protocol.md §8), kept as a reference: its body stays on the platform.
 
-    row: PolledRow
-    """The inbound row, with its message."""
+    Enough to tell the operator and to redrive it: a redrive re-reads the body from the platform (as large
+    messages are, ``BodyRef``), so thousands of dead letters fit in the workflow's state.
+    """
+
+    row_id: str
+    read_after: str | None = None
+    """The inbox row before it, to re-read its body with ``since_id`` (``None``: looked for among the newest)."""
+    created_at: datetime | None = None
     lane: str
+    source_id: str | None = None
+    """Sender workspace; ``None`` for the canvas."""
+    message_id: str | None = None
+    context_id: str | None = None
     error: str
     """The last error, one line."""
     stage: Literal["parse", "dispatch", "reply"]
@@ -82,7 +99,53 @@ class DeadLetter(StateModel):
     first_failed_at: datetime
     dead_lettered_at: datetime
     reply_parts: list[ReplyPart] | None = None
-    """For ``stage == "reply"``: the backend's answer, so a redrive re-sends it without re-running the backend."""
+    """For ``stage == "reply"``: the backend's answer when at most ``REPLY_PARTS_KEPT_BYTES``, so a redrive re-sends
+    it without re-running the backend."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_full_row(cls, data: Any) -> Any:
+        """Read dead letters carried by connectors started before letters were references (they held the row)."""
+        if isinstance(data, dict) and "row" in data:
+            data = dict(data)
+            row = PolledRow.model_validate(data.pop("row"))
+            data.update(cls.of_row(row))
+        return data
+
+    @staticmethod
+    def of_row(row: PolledRow) -> dict[str, Any]:
+        """The reference fields of an inbound row."""
+        return {
+            "row_id": row.row_id,
+            "read_after": row.body_ref.read_after if row.body_ref is not None else None,
+            "created_at": row.created_at,
+            "source_id": row.source_id,
+            "message_id": row.message.message_id if row.message is not None else None,
+            "context_id": row.message.context_id if row.message is not None else None,
+        }
+
+    def to_row(self) -> PolledRow:
+        """The row to deliver again on redrive: a reference whose body ``dispatch`` re-reads from the platform."""
+        message = A2AMessage(message_id=self.message_id or self.row_id, context_id=self.context_id)
+        return PolledRow(
+            row_id=self.row_id,
+            created_at=self.created_at,
+            source_id=self.source_id,
+            method="message/send",
+            outcome="deliver",
+            message=message,
+            body_ref=BodyRef(read_after=self.read_after, body_bytes=0),
+        )
+
+
+class AutoExchange(StateModel):
+    """How many automatic exchanges a conversation has had in a row (docs/protocol.md §7, the ping-pong guard)."""
+
+    count: int = 0
+    last_message_at: datetime
+    last_reply_at: datetime | None = None
+    notified: bool = False
+    """The sender was told once that automatic replies stopped."""
 
 
 class PendingMessage(StateModel):
@@ -120,6 +183,7 @@ class ConnectState(StateModel):
     """Dedupe window of ``<sender>/<messageId>`` keys, oldest first."""
     dead_letters: list[DeadLetter] = Field(default_factory=list)
     dead_letters_evicted: int = 0
+    """Dead letters dropped by connectors started before letters were references (never since)."""
     counters: Counters = Field(default_factory=Counters)
     last_delivery_at: datetime | None = None
     last_error: str | None = None
@@ -127,14 +191,26 @@ class ConnectState(StateModel):
     """Paused by an operator (``pause``): no polling, no new dispatches; survives continue-as-new."""
     reseed: bool = False
     """``set_cursor latest`` was asked: the next poll seeds at the newest row whatever ``start_from`` says."""
+    started_at: datetime | None = None
+    """When this connector first started (kept through continue-as-new; the heartbeat's ``uptime_seconds``)."""
+    last_beat_at: datetime | None = None
+    """When the platform last accepted one of this connector's heartbeats."""
+    unusable_row_ids: list[str] = Field(default_factory=list)
+    """Settled rows that cannot be the cursor (not UUIDs) while no later row can be: the poll leaves them out."""
+    auto_exchanges: dict[str, AutoExchange] = Field(default_factory=dict)
+    """Per conversation: automatic exchanges in a row (the ping-pong guard)."""
+    health: BackendHealth = Field(default_factory=BackendHealth)
+    """Recent dispatch outcomes and a backend outage in progress (``workflows.outage``)."""
 
     _row_ids: set[str] = PrivateAttr(default_factory=set)
     _message_ids: set[str] = PrivateAttr(default_factory=set)
+    _dead_ids: set[str] = PrivateAttr(default_factory=set)
 
     def model_post_init(self, __context: object) -> None:
-        """Rebuild the lookup sets from the carried windows."""
+        """Rebuild the lookup sets from the carried windows and dead letters."""
         self._row_ids = set(self.recent_row_ids)
         self._message_ids = set(self.recent_message_ids)
+        self._dead_ids = {d.row_id for d in self.dead_letters}
 
     # --- dedupe -----------------------------------------------------------------------------------------------
 
@@ -179,7 +255,12 @@ class ConnectState(StateModel):
             self.fetch_cursor = None
         to_dead_letter: list[tuple[PolledRow, str]] = []
         for row in result.rows:
-            self.fetch_cursor = row.pointer
+            if row.pointer.usable:
+                self.fetch_cursor = row.pointer
+                self.unusable_row_ids.clear()
+            elif row.row_id not in self.unusable_row_ids:
+                self.unusable_row_ids.append(row.row_id)
+                del self.unusable_row_ids[:-100]
             if row.row_id in self._row_ids:
                 self.counters.duplicates += 1
                 continue
@@ -212,7 +293,9 @@ class ConnectState(StateModel):
                 fetched.settled = True
                 break
         while self.uncommitted and self.uncommitted[0].settled:
-            self.commit_cursor = self.uncommitted.pop(0).pointer
+            pointer = self.uncommitted.pop(0).pointer
+            if pointer.usable:
+                self.commit_cursor = pointer
         if not self.uncommitted and self.fetch_cursor is not None:
             self.commit_cursor = self.fetch_cursor
 
@@ -234,7 +317,8 @@ class ConnectState(StateModel):
         already seen: the dedupe window drops it.
         """
         self.fetch_cursor = pointer
-        self.not_before = None
+        # A 410 on the new cursor must not re-deliver what was already settled: keep the settled rows' time floor.
+        self.not_before = self.commit_cursor.created_at if self.commit_cursor is not None else self.not_before
         self.reseed = pointer is None
         if pointer is None:
             self.seeded = False
@@ -243,44 +327,87 @@ class ConnectState(StateModel):
 
     # --- dead letters -----------------------------------------------------------------------------------------
 
+    @property
+    def dead_letters_full(self) -> bool:
+        """The dead-letter queue holds ``DEAD_LETTER_LIMIT`` letters: no new work until an operator makes room."""
+        return len(self.dead_letters) >= DEAD_LETTER_LIMIT
+
     def dead_letter(self, letter: DeadLetter) -> None:
-        """Set a message aside and settle its row; evict the oldest letters beyond the count or byte limit."""
-        self.dead_letters = [d for d in self.dead_letters if d.row.row_id != letter.row.row_id]
+        """Set a message aside and settle its row. Nothing is evicted (see ``dead_letters_full``)."""
+        if letter.reply_parts is not None and sum(len(p.model_dump_json()) for p in letter.reply_parts) > (
+            REPLY_PARTS_KEPT_BYTES
+        ):
+            letter = letter.model_copy(update={"reply_parts": None})
+        if letter.row_id in self._dead_ids:
+            self.dead_letters = [d for d in self.dead_letters if d.row_id != letter.row_id]
         self.dead_letters.append(letter)
-        if len(self.dead_letters) > DEAD_LETTER_LIMIT:
-            self.dead_letters_evicted += len(self.dead_letters) - DEAD_LETTER_LIMIT
-            del self.dead_letters[: len(self.dead_letters) - DEAD_LETTER_LIMIT]
-        sizes = [len(d.model_dump_json()) for d in self.dead_letters]
-        evict, total = 0, sum(sizes)
-        while total > DEAD_LETTER_BYTES:
-            total -= sizes[evict]
-            evict += 1
-        if evict:
-            self.dead_letters_evicted += evict
-            del self.dead_letters[:evict]
+        self._dead_ids.add(letter.row_id)
         self.counters.dead_lettered += 1
         self.last_error = letter.error
-        self.settle(letter.row.row_id)
+        self.settle(letter.row_id)
 
     def take_dead_letters(self, row_id: str | None) -> list[DeadLetter]:
         """Remove and return the dead letter with ``row_id``, or all of them when ``row_id`` is ``None``."""
-        taken = [d for d in self.dead_letters if row_id is None or d.row.row_id == row_id]
-        self.dead_letters = [d for d in self.dead_letters if d not in taken]
+        taken = [d for d in self.dead_letters if row_id is None or d.row_id == row_id]
+        gone = {d.row_id for d in taken}
+        self.dead_letters = [d for d in self.dead_letters if d.row_id not in gone]
+        self._dead_ids -= gone
         return taken
 
     def redrive(self, letters: list[DeadLetter]) -> None:
-        """Put dead letters back at the end of their lanes (the commit cursor does not move back)."""
+        """Put dead letters back at the end of their lanes (the commit cursor does not move back).
+
+        Their bodies are re-read from the platform by ``dispatch``; a reply-stage letter that kept its answer only
+        resends it.
+        """
         for letter in letters:
-            if letter.row.outcome != "deliver":
-                continue
             self.pending.append(
                 PendingMessage(
-                    row=letter.row,
+                    row=letter.to_row(),
                     lane=letter.lane,
                     reply_parts=letter.reply_parts if letter.stage == "reply" else None,
                 )
             )
             self.counters.redriven += 1
+        if letters:
+            self.last_error = None
+
+    # --- the ping-pong guard ----------------------------------------------------------------------------------
+
+    def count_auto_exchange(self, message: PendingMessage, now: datetime) -> AutoExchange:
+        """Count an inbound message towards its conversation's automatic exchanges; return the conversation's count.
+
+        Automatic (docs/protocol.md §7): from a workspace (``source_id``) with ``role: agent``, or arriving within
+        ``AUTO_EXCHANGE_WINDOW`` of our reply in the same conversation. Anything else (a person, a first message)
+        starts the count again. Counted here, on our side, so the guard works whatever metadata the peer copies.
+        """
+        row = message.row
+        arrived = row.created_at or now
+        exchange = self.auto_exchanges.get(message.lane)
+        if exchange is None or arrived - exchange.last_message_at > AUTO_EXCHANGE_FORGET:
+            exchange = AutoExchange(last_message_at=arrived)
+        role = row.message.role if row.message is not None else "user"
+        quick = (
+            exchange.last_reply_at is not None
+            and timedelta(0) <= arrived - exchange.last_reply_at <= AUTO_EXCHANGE_WINDOW
+        )
+        automatic = row.source_id is not None and (role == "agent" or quick)
+        if automatic:
+            exchange = exchange.model_copy(update={"count": exchange.count + 1, "last_message_at": arrived})
+        else:
+            exchange = AutoExchange(last_message_at=arrived, last_reply_at=exchange.last_reply_at)
+        self.auto_exchanges[message.lane] = exchange
+        for lane in [k for k, v in self.auto_exchanges.items() if now - v.last_message_at > AUTO_EXCHANGE_FORGET]:
+            del self.auto_exchanges[lane]
+        return exchange
+
+    def note_reply(self, lane: str, at: datetime) -> None:
+        """Remember when we last replied in a conversation (for :meth:`count_auto_exchange`)."""
+        exchange = self.auto_exchanges.get(lane)
+        if exchange is not None:
+            self.auto_exchanges[lane] = exchange.model_copy(update={"last_reply_at": at})
+        else:
+            self.auto_exchanges[lane] = AutoExchange(last_message_at=at, last_reply_at=at)
 
     # --- views ------------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import orjson
 
 from activities.a2a import TextPart
 from activities.backends.base import BackendRequest, BackendResponse
-from activities.platform import BODY_REF_BYTES
+from activities.inbox import BODY_REF_BYTES
 from benchmarks.baseline_loop import BaselineConnector, CursorFile
 from devplatform.client import CreatedWorkspace, text_message
 

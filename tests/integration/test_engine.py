@@ -17,7 +17,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from activities.messages import BackendSpec
-from activities.platform import BODY_REF_BYTES
+from activities.inbox import BODY_REF_BYTES
 from devplatform.client import CreatedWorkspace, text_message
 from tests.helpers import Harness, reply_message, reply_text, wait_until
 from workflows.messages import StatusResult
@@ -313,17 +313,21 @@ async def test_large_dead_letters_never_block_continue_as_new(harness: Harness) 
     poison = [f"big-poison-{n}" for n in range(9)]
     carried, by_reference = "z" * (BODY_REF_BYTES - 4096), "z" * (1 << 20)
     async with harness.worker():
-        handle = await harness.start(agent, backend, max_attempts=1)
+        handle = await harness.start(agent, backend, max_attempts=1, max_concurrency=1)
+        # One at a time, each poison message followed by a good one: each fails while others succeed, so it is
+        # dead-lettered (failures of several messages in a row would look like a backend outage instead).
+        good = [f"good-{n}" for n in range(len(poison))]
         for n, message_id in enumerate(poison):
             text = "poison " + (by_reference if n == 0 else carried)
             await harness.admin.send_text(agent.id, text, sender=peer, context_id=f"big-{n}", message_id=message_id)
-        await wait_until(lambda: _replies_for(harness, peer, agent, poison), timeout=30, message="error replies")
+            await harness.admin.send_text(agent.id, "fine", sender=peer, context_id=f"ok-{n}", message_id=good[n])
+        await wait_until(lambda: _replies_for(harness, peer, agent, poison), timeout=60, message="error replies")
         await harness.admin.send_text(agent.id, "after", sender=peer, context_id="small", message_id="m-after")
         replies = await wait_until(
-            lambda: _replies_for(harness, peer, agent, [*poison, "m-after"]), timeout=30, message="reply to m-after"
+            lambda: _replies_for(harness, peer, agent, [*poison, *good, "m-after"]), timeout=30, message="every reply"
         )
         status = await wait_until(
-            lambda: _status_when(harness, agent.id, lambda s: s.counters["replied"] == 1),
+            lambda: _status_when(harness, agent.id, lambda s: s.counters["replied"] == len(good) + 1),
             message="m-after recorded",
         )
         failures = await _workflow_task_failures(handle)
@@ -331,7 +335,7 @@ async def test_large_dead_letters_never_block_continue_as_new(harness: Harness) 
     assert failures == []
     assert status.counters["continued_as_new"] >= 1
     assert status.counters["dead_lettered"] == len(poison)
-    _assert_each_replied_once(replies, [*poison, "m-after"])
+    _assert_each_replied_once(replies, [*poison, *good, "m-after"])
     assert all(reply_message(r)["metadata"].get("error") for r in replies if _in_reply_to(r) in poison)
 
 
@@ -355,7 +359,10 @@ async def test_auto_reply_deeper_than_limit_settled_without_dispatch(harness: Ha
         )
         replies = await harness.replies_to(peer.id, agent.id)
 
-    assert [_in_reply_to(r) for r in replies] == ["m-human"]
+    # The deep one gets one notice (marked as an error reply) instead of an answer; the person's message an answer.
+    assert sorted(_in_reply_to(r) for r in replies) == ["m-deep", "m-human"]
+    [notice] = [r for r in replies if _in_reply_to(r) == "m-deep"]
+    assert reply_message(notice)["metadata"].get("error") and "Automatic replies stopped" in reply_text(notice)
     assert status.counters["skipped"] == 1
     assert status.counters["replied"] == 1
     assert status.counters["received"] == 2

@@ -287,7 +287,7 @@ async def test_reply_401_blocks_reply_only_heartbeats_continue_then_delivers(har
     async def blocked_long_enough() -> bool:
         status = await harness.status(agent.id)
         if status.phase == "blocked":
-            assert status.blocked_reason is not None and status.blocked_reason.startswith("reply:")
+            assert status.blocked_reason is not None and status.blocked_reason.startswith("reply to")
             heartbeats_while_blocked.add((await harness.admin.workspace(agent.id))["last_heartbeat_at"])
         return len(heartbeats_while_blocked) >= 2
 

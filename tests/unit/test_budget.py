@@ -15,6 +15,7 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 import activities.platform as platform_module
+from activities.a2a import TextPart
 from activities.budget import (
     IDLE_AFTER_S,
     IDLE_MAX_INTERVAL_S,
@@ -23,7 +24,7 @@ from activities.budget import (
     RequestBudgets,
     next_poll_interval,
 )
-from activities.messages import PlatformTarget, PollInput, RegisterInput, RowPointer
+from activities.messages import PlatformTarget, PolledRow, PollInput, ReplyInput, RowPointer
 from activities.platform import PlatformActivities
 
 
@@ -301,8 +302,10 @@ async def test_request_waiting_for_budget_heartbeats_temporal(inbox: Inbox, monk
         budgets = RequestBudgets(per_minute=200, burst=1)
         acts = PlatformActivities(http, lambda workspace_id: "tok", budgets=budgets)
         target = poll_input().target
-        await env.run(acts.register, RegisterInput(target=target))
-        await env.run(acts.register, RegisterInput(target=target))  # waits ~0.3 s for the next token
+        row = PolledRow(row_id=str(uuid.UUID(int=1)), outcome="deliver", source_id=None)
+        reply = ReplyInput(target=target, row=row, parts=[TextPart(text="hi")])
+        await env.run(acts.reply, reply)
+        await env.run(acts.reply, reply)  # waits ~0.3 s for the next token
     assert len(inbox.requests) == 2
     assert len(beats) >= 2
     assert budgets.for_url(target.platform_url).queued == 1

@@ -24,14 +24,15 @@ from activities.messages import (
     PollInput,
     RowPointer,
 )
-from activities.platform import (
+from activities.inbox import (
     BODY_REF_BYTES,
     REF_MESSAGE_BYTES,
     RESET_READ_LIMIT,
-    PlatformActivities,
+    InboxRow,
     row_to_polled,
     rows_to_polled,
 )
+from activities.platform import PlatformActivities
 from tests.unit.test_platform_activities import T0, TARGET, inbox_row, row_id
 
 BIG = "b" * (BODY_REF_BYTES + 1)
@@ -165,7 +166,7 @@ def test_row_to_polled_reference_with_huge_message_id_is_malformed() -> None:
 def test_rows_to_polled_predecessor_is_previous_row_even_when_left_out() -> None:
     """Rows before ``not_before`` are not returned, but the first returned row still knows its predecessor."""
     rows = [inbox_row(1), inbox_row(2, text=BIG), inbox_row(3, text=BIG)]
-    polled = rows_to_polled(rows, read_after=None, not_before=T0 + timedelta(seconds=2))
+    polled = rows_to_polled([InboxRow(r) for r in rows], read_after=None, not_before=T0 + timedelta(seconds=2))
     assert refs(polled) == {row_id(2): row_id(1), row_id(3): row_id(2)}
 
 

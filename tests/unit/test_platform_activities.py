@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -26,13 +27,8 @@ from activities.messages import (
     ReplyInput,
     RowPointer,
 )
-from activities.platform import (
-    MAX_BATCH_BYTES,
-    MAX_QUOTED_CHARS,
-    RESET_READ_LIMIT,
-    PlatformActivities,
-    row_to_polled,
-)
+from activities.inbox import MAX_BATCH_BYTES, MAX_QUOTED_CHARS, RESET_READ_LIMIT, row_to_polled
+from activities.platform import PlatformActivities
 
 URL = "https://platform.test"
 WS = "11111111-1111-4111-8111-111111111111"
@@ -55,6 +51,7 @@ class FakePlatform:
 
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
+        self.reads: list[httpx.Request] = []
         self.script: list[httpx.Response | Responder] = []
         self.default: Responder = lambda request: httpx.Response(200, json=[])
         self.acts: PlatformActivities
@@ -63,7 +60,13 @@ class FakePlatform:
         self.script.extend(answers)
         return self
 
+    workspace: dict[str, Any] = {"status": "awaiting_agent", "last_heartbeat_at": None}
+    """What ``GET /workspaces/{id}`` answers (register reads it first); such reads are kept apart in ``reads``."""
+
     def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.rstrip("/").endswith(f"/workspaces/{WS}"):
+            self.reads.append(request)
+            return httpx.Response(200, json=self.workspace)
         self.requests.append(request)
         answer = self.script.pop(0) if self.script else self.default
         return answer(request) if callable(answer) else answer
@@ -177,26 +180,31 @@ async def test_headers_org_id_configured_is_sent(env: ActivityEnvironment) -> No
 @pytest.mark.parametrize(
     "error", [LookupError("no token configured for ws"), KeyError("no token configured for ws")]
 )
-async def test_headers_missing_token_raises_auth_with_lookup_message(
+async def test_headers_missing_token_raises_token_missing_with_lookup_message(
     env: ActivityEnvironment, error: Exception
 ) -> None:
-    """A token lookup failure is an Auth error carrying the lookup's own words, and nothing is sent."""
+    """A token lookup failure is TokenMissing (another worker may hold the token) with the lookup's own words."""
 
     def lookup(workspace_id: str) -> str:
         raise error
 
     fake = FakePlatform()
+    env.info = dataclasses.replace(env.info, scheduled_time=datetime.now(UTC))
     async with httpx.AsyncClient(transport=httpx.MockTransport(fake.handler)) as http:
         acts = PlatformActivities(http, lookup)
         err = await raises(env.run(acts.poll, PollInput(target=TARGET, seeded=True, max_wait_s=0)))
-    assert err.type == ErrorType.AUTH
-    assert err.non_retryable
-    assert "no token configured for ws" in err.message
+        assert err.type == ErrorType.TOKEN_MISSING
+        assert not err.non_retryable and err.next_retry_delay is not None
+        assert "no token configured for ws" in err.message
+        # Still nobody holding the token three minutes after the activity was first scheduled: the connector blocks.
+        env.info = dataclasses.replace(env.info, scheduled_time=datetime.now(UTC) - timedelta(minutes=3))
+        late = await raises(env.run(acts.poll, PollInput(target=TARGET, seeded=True, max_wait_s=0)))
+        assert late.type == ErrorType.TOKEN_MISSING and late.non_retryable
     assert fake.requests == []
 
 
 @pytest.mark.parametrize("activity_name", ["register", "heartbeat", "poll", "reply"])
-async def test_headers_unknown_workspace_raises_auth_for_every_activity(
+async def test_headers_unknown_workspace_raises_token_missing_for_every_activity(
     platform: FakePlatform, env: ActivityEnvironment, activity_name: str
 ) -> None:
     other = PlatformTarget(workspace_id="33333333-3333-4333-8333-333333333333", platform_url=URL)
@@ -208,7 +216,7 @@ async def test_headers_unknown_workspace_raises_auth_for_every_activity(
         "reply": ReplyInput(target=other, row=row, parts=[TextPart(text="x")]),
     }
     err = await raises(env.run(getattr(platform.acts, activity_name), inputs[activity_name]))
-    assert err.type == ErrorType.AUTH
+    assert err.type == ErrorType.TOKEN_MISSING
     assert "no token configured for workspace 3333" in err.message
     assert platform.requests == []
 
@@ -453,7 +461,7 @@ async def test_poll_cold_start_latest_seeds_at_newest_row(
     (request,) = platform.requests
     assert "since_id" not in params_of(request)
     assert params_of(request)["type"] == "a2a_receive"
-    assert params_of(request)["limit"] == "1"
+    assert params_of(request)["limit"] == "20"
     assert result.seed == RowPointer(row_id=row_id(3), created_at=at(3))
     assert result.rows == []
     assert result.cold_start_done

@@ -11,12 +11,17 @@ from workflows.state import DEAD_LETTER_LIMIT, ConnectState, DeadLetter, lane_of
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
+def rid(n: int) -> str:
+    """Row ids are UUIDs: only those can be cursors."""
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
 def row(n: int, *, context: str | None = "c1", source: str | None = "peer", outcome: str = "deliver") -> PolledRow:
     message = None
     if outcome == "deliver":
         message = A2AMessage(message_id=f"m{n}", context_id=context, parts=[TextPart(text=f"t{n}")])
     return PolledRow(
-        row_id=f"r{n}",
+        row_id=rid(n),
         created_at=T0 + timedelta(seconds=n),
         source_id=source,
         method="message/send",
@@ -30,7 +35,7 @@ def row(n: int, *, context: str | None = "c1", source: str | None = "peer", outc
 def test_ingest_skip_rows_settle_and_commit_cursor_follows() -> None:
     state = ConnectState(seeded=True)
     state.ingest(PollResult(rows=[row(1, outcome="skip"), row(2, outcome="skip")]))
-    assert state.commit_cursor is not None and state.commit_cursor.row_id == "r2"
+    assert state.commit_cursor is not None and state.commit_cursor.row_id == rid(2)
     assert state.counters.skipped == 2 and not state.pending
 
 
@@ -38,17 +43,17 @@ def test_commit_cursor_waits_for_oldest_unsettled_row() -> None:
     """r2 settles before r1: the commit cursor must not pass r1."""
     state = ConnectState(seeded=True)
     state.ingest(PollResult(rows=[row(1, context="a"), row(2, context="b"), row(3, outcome="skip")]))
-    assert state.fetch_cursor.row_id == "r3"
-    state.record_reply("r2", T0)
+    assert state.fetch_cursor.row_id == rid(3)
+    state.record_reply(rid(2), T0)
     assert state.commit_cursor is None
-    state.record_reply("r1", T0)
-    assert state.commit_cursor.row_id == "r3"
+    state.record_reply(rid(1), T0)
+    assert state.commit_cursor.row_id == rid(3)
 
 
 def test_ingest_same_row_twice_is_a_duplicate() -> None:
     state = ConnectState(seeded=True)
     state.ingest(PollResult(rows=[row(1)]))
-    state.record_reply("r1", T0)
+    state.record_reply(rid(1), T0)
     state.ingest(PollResult(rows=[row(1)], cursor_reset=True))
     assert state.counters.duplicates == 1 and not state.pending
 
@@ -58,7 +63,7 @@ def test_ingest_same_message_id_in_new_row_is_a_duplicate() -> None:
     state.ingest(PollResult(rows=[row(1)]))
     again = row(2).model_copy(update={"message": row(1).message})
     state.ingest(PollResult(rows=[again]))
-    assert [p.row.row_id for p in state.pending] == ["r1"]
+    assert [p.row.row_id for p in state.pending] == [rid(1)]
     assert state.counters.duplicates == 1
 
 
@@ -70,7 +75,7 @@ def test_lanes_group_by_context_then_sender_then_canvas() -> None:
     state.ingest(PollResult(rows=[row(1, context="a"), row(2, context="b"), row(3, context="a")]))
     lanes = state.lane_queues()
     assert list(lanes) == ["ctx:a", "ctx:b"]
-    assert [p.row.row_id for p in lanes["ctx:a"]] == ["r1", "r3"]
+    assert [p.row.row_id for p in lanes["ctx:a"]] == [rid(1), rid(3)]
 
 
 def test_cursor_reset_keeps_created_at_floor() -> None:
@@ -83,11 +88,12 @@ def test_cursor_reset_keeps_created_at_floor() -> None:
 
 def test_seed_sets_both_cursors() -> None:
     state = ConnectState()
-    state.ingest(PollResult(seed=RowPointer(row_id="r9", created_at=T0), cold_start_done=True))
-    assert state.seeded and state.commit_cursor.row_id == "r9" and state.fetch_cursor.row_id == "r9"
+    state.ingest(PollResult(seed=RowPointer(row_id=rid(9), created_at=T0), cold_start_done=True))
+    assert state.seeded and state.commit_cursor.row_id == rid(9) and state.fetch_cursor.row_id == rid(9)
 
 
-def test_dead_letters_are_bounded_and_evictions_counted() -> None:
+def test_dead_letters_are_never_evicted_and_full_is_reported() -> None:
+    """Past the limit nothing is dropped: the state says it is full (the workflow then stops taking work)."""
     state = ConnectState(seeded=True)
     for n in range(DEAD_LETTER_LIMIT + 3):
         state.dead_letter(
@@ -96,8 +102,30 @@ def test_dead_letters_are_bounded_and_evictions_counted() -> None:
                 first_failed_at=T0, dead_lettered_at=T0,
             )
         )
-    assert len(state.dead_letters) == DEAD_LETTER_LIMIT
-    assert state.dead_letters_evicted == 3 and state.counters.dead_lettered == DEAD_LETTER_LIMIT + 3
+    assert len(state.dead_letters) == DEAD_LETTER_LIMIT + 3 and state.dead_letters_full
+    assert state.dead_letters_evicted == 0 and state.counters.dead_lettered == DEAD_LETTER_LIMIT + 3
+    state.take_dead_letters(rid(0))
+    state.take_dead_letters(rid(1))
+    state.take_dead_letters(rid(2))
+    state.take_dead_letters(rid(3))
+    assert not state.dead_letters_full
+
+
+def test_dead_letters_are_references_small_enough_for_ten_thousand() -> None:
+    """A dead letter keeps no body: 10,000 of them carried through continue-as-new fit Temporal's 2 MiB limit."""
+    import zlib
+
+    state = ConnectState(seeded=True)
+    for n in range(10_000):
+        state.dead_letter(
+            DeadLetter(
+                row=row(n).model_copy(update={"text": "x" * 5000}), lane=f"ctx:c{n}", error=f"boom {n % 7}",
+                stage="dispatch", attempts=5, first_failed_at=T0, dead_lettered_at=T0,
+            )
+        )
+    packed = zlib.compress(state.model_dump_json().encode(), 6)
+    assert len(packed) < 1024 * 1024
+    assert "xxxxx" not in state.model_dump_json()
 
 
 def test_redrive_puts_message_back_once() -> None:
@@ -107,15 +135,15 @@ def test_redrive_puts_message_back_once() -> None:
         DeadLetter(row=row(1), lane="ctx:c1", error="boom", stage="dispatch", attempts=5,
                    first_failed_at=T0, dead_lettered_at=T0)
     )
-    assert not state.pending and state.commit_cursor.row_id == "r1"
-    state.redrive(state.take_dead_letters("r1"))
-    assert [p.row.row_id for p in state.pending] == ["r1"] and not state.dead_letters
+    assert not state.pending and state.commit_cursor.row_id == rid(1)
+    state.redrive(state.take_dead_letters(rid(1)))
+    assert [p.row.row_id for p in state.pending] == [rid(1)] and not state.dead_letters
 
 
 def test_state_round_trips_through_json_for_continue_as_new() -> None:
     state = ConnectState(seeded=True)
     state.ingest(PollResult(rows=[row(1), row(2, context="b")]))
-    state.record_reply("r2", T0)
+    state.record_reply(rid(2), T0)
     copy = ConnectState.model_validate_json(state.model_dump_json())
     assert copy.model_dump() == state.model_dump()
     copy.ingest(PollResult(rows=[row(2, context="b")]))
