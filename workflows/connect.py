@@ -28,7 +28,7 @@ from collections import deque
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -182,6 +182,8 @@ class ConnectWorkflow:
         self._trouble: PlatformTrouble | None = None
         """A platform failure that has lasted (phase ``degraded``), as the session reported it."""
         self._warnings: list[str] = []
+        self._rejected_signals: list[str] = []
+        """The last rejected control signals (time and reason): a signal has no caller to tell."""
 
     # --- main loop ----------------------------------------------------------------------------------------------
 
@@ -290,6 +292,10 @@ class ConnectWorkflow:
         meter.create_gauge("molecule_connect_pending", "Fetched messages not yet settled.").set(
             len(self._state.pending)
         )
+        meter.create_gauge("molecule_connect_backend_down", "1 while the backend is considered down.").set(
+            int(self._state.health.down)
+        )
+        self._publish_details()
 
     def _may_poll(self) -> bool:
         state = self._state
@@ -311,11 +317,21 @@ class ConnectWorkflow:
         if phase == self._published_phase:
             return
         self._published_phase = phase
-        workflow.set_current_details(f"phase: {phase}")
+        self._publish_details()
         if workflow.info().typed_search_attributes.get(SEARCH_ATTRIBUTE_WORKSPACE_ID) is not None:
-            workflow.upsert_search_attributes(
-                TypedSearchAttributes([SearchAttributePair(SEARCH_ATTRIBUTE_PHASE, phase)])
-            )
+            workflow.upsert_search_attributes([SEARCH_ATTRIBUTE_PHASE.value_set(phase)])
+
+    def _publish_details(self) -> None:
+        """The Web UI's current details: phase, lag (fetched, unsettled messages) and dead letters.
+
+        Not a command (no history event): refreshed whenever a message settles. Encrypted with the payload codec,
+        so the Web UI shows it through the codec server; the ``ConnectorPhase`` search attribute stays readable.
+        """
+        state = self._state
+        workflow.set_current_details(
+            f"phase: {self._published_phase or self._phase} · lag {len(state.pending)} · "
+            f"dead letters {len(state.dead_letters)}"
+        )
 
     def _carried_bytes(self) -> int:
         """Approximate size of the queued message bodies continue-as-new would carry."""
@@ -876,32 +892,24 @@ class ConnectWorkflow:
             _LaneStopped: The lane must stop meanwhile (pause, continue-as-new).
         """
         health, row_id = self._state.health, message.row.row_id
-        if not health.down:
-            return False
-        self._waiting.append(row_id)
-        try:
-            while True:
+        while health.down:
+            await workflow.wait_condition(
+                lambda: not health.down or self._lanes_must_stop() or self._probe_row() == row_id
+            )
+            if self._lanes_must_stop():
+                raise _LaneStopped
+            if not health.down:
+                break
+            due = health.probe_due_in(workflow.now())
+            if due <= timedelta(0):
+                return True
+            try:
                 await workflow.wait_condition(
-                    lambda: not health.down or self._lanes_must_stop() or health.choose_probe(self._waiting) == row_id
+                    lambda: not health.down or self._lanes_must_stop() or self._probe_row() != row_id, timeout=due
                 )
-                if self._lanes_must_stop():
-                    raise _LaneStopped
-                if not health.down:
-                    return False
-                due = health.probe_due_in(workflow.now())
-                if due <= timedelta(0):
-                    return True
-                try:
-                    await workflow.wait_condition(
-                        lambda: (
-                            not health.down or self._lanes_must_stop() or health.choose_probe(self._waiting) != row_id
-                        ),
-                        timeout=due,
-                    )
-                except asyncio.TimeoutError:  # noqa: UP041 - ``TimeoutError`` here is temporalio's
-                    pass
-        finally:
-            self._waiting.remove(row_id)
+            except asyncio.TimeoutError:  # noqa: UP041 - ``TimeoutError`` here is temporalio's
+                pass
+        return False
 
     def _dispatch_locally(self) -> bool:
         """Whether ``dispatch`` runs as a local activity (``ConnectSettings.dispatch_as``)."""
@@ -1073,12 +1081,15 @@ class ConnectWorkflow:
     @workflow.update
     def resume(self) -> StatusResult:
         """Resume polling and dispatching after ``pause``."""
+        self._apply_resume()
+        return self.status()
+
+    def _apply_resume(self) -> None:
         if self._state.paused:
             self._state.paused = False
             workflow.logger.info("resumed", extra=self._log())
             self._control_changed()
             self._start_lanes()
-        return self.status()
 
     @workflow.update
     def drain(self) -> StatusResult:
@@ -1086,12 +1097,15 @@ class ConnectWorkflow:
 
         Returns at once with phase ``draining``; wait for the workflow result to know it finished.
         """
+        self._apply_drain()
+        return self.status()
+
+    def _apply_drain(self) -> None:
         if not self._draining:
             self._draining = True
             workflow.logger.info("draining", extra=self._log(pending=len(self._state.pending)))
             self._control_changed()
             self._start_lanes()
-        return self.status()
 
     @workflow.update
     async def set_cursor(self, input: SetCursorInput) -> StatusResult:
@@ -1100,6 +1114,15 @@ class ConnectWorkflow:
         The row is first checked against the platform (``check_cursor``): a row the inbox does not hold is refused
         with a clear message, instead of a 410 and a recovery later. Rows older than the last settled one are never
         delivered again, even after a 410 on the new cursor.
+        """
+        await self._apply_set_cursor(input)
+        return self.status()
+
+    async def _apply_set_cursor(self, input: SetCursorInput) -> None:
+        """Check the row with the platform (``check_cursor``), then move the cursor.
+
+        Raises:
+            ApplicationError: The platform does not know the row (or could not be asked).
         """
         if input.row_id != "latest" and self._v2:
             try:
@@ -1115,7 +1138,6 @@ class ConnectWorkflow:
         self._state.set_cursor(pointer)
         workflow.logger.info("cursor set to %s", input.row_id, extra=self._log())
         self._control_changed()
-        return self.status()
 
     @set_cursor.validator
     def validate_set_cursor(self, input: SetCursorInput) -> None:
@@ -1132,6 +1154,9 @@ class ConnectWorkflow:
 
         A letter that failed at the reply stage only resends its stored reply, without running the backend again.
         """
+        return self._apply_redrive(input)
+
+    def _apply_redrive(self, input: DeadLetterSelection) -> DeadLetterActionResult:
         letters = self._state.take_dead_letters(input.row_id)
         self._state.redrive(letters)
         workflow.logger.info("redrive %d dead letter(s)", len(letters), extra=self._log())
@@ -1146,6 +1171,9 @@ class ConnectWorkflow:
     @workflow.update
     def discard(self, input: DeadLetterSelection) -> DeadLetterActionResult:
         """Forget dead letters (their rows stay settled)."""
+        return self._apply_discard(input)
+
+    def _apply_discard(self, input: DeadLetterSelection) -> DeadLetterActionResult:
         letters = self._state.take_dead_letters(input.row_id)
         workflow.logger.info("discarded %d dead letter(s)", len(letters), extra=self._log())
         return DeadLetterActionResult(count=len(letters), row_ids=[d.row_id for d in letters])
@@ -1162,11 +1190,14 @@ class ConnectWorkflow:
     @workflow.update
     def configure(self, input: ConfigureInput) -> StatusResult:
         """Change settings (poll interval, concurrency, max attempts, ...); kept through continue-as-new."""
+        self._apply_configure(input)
+        return self.status()
+
+    def _apply_configure(self, input: ConfigureInput) -> None:
         self._settings = self._merged_settings(input)
         workflow.logger.info("configured %s", sorted(input.changes), extra=self._log())
         self._control_changed()
         self._start_lanes()
-        return self.status()
 
     @configure.validator
     def validate_configure(self, input: ConfigureInput) -> None:
@@ -1186,22 +1217,70 @@ class ConnectWorkflow:
             first = err.errors()[0]
             raise ValueError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
+    # Signal twins, for tools that cannot send updates (``tctl``, fire-and-forget SDK calls). Same inputs and
+    # validation as the updates; a rejected signal changes nothing, is logged and shows in ``status``.
+
     @workflow.signal(name="pause")
     async def pause_signal(self) -> None:
-        """Signal twin of ``pause`` (returns nothing)."""
+        """Signal twin of ``pause`` (returns nothing, does not wait for in-flight messages)."""
         if not self._state.paused:
             self._state.paused = True
+            workflow.logger.info("paused", extra=self._log())
             self._control_changed()
 
     @workflow.signal(name="resume")
     def resume_signal(self) -> None:
         """Signal twin of ``resume``."""
-        self.resume()
+        self._apply_resume()
 
     @workflow.signal(name="drain")
     def drain_signal(self) -> None:
         """Signal twin of ``drain``."""
-        self.drain()
+        self._apply_drain()
+
+    @workflow.signal(name="set_cursor")
+    async def set_cursor_signal(self, input: SetCursorInput) -> None:
+        """Signal twin of ``set_cursor``."""
+        try:
+            self.validate_set_cursor(input)
+            await self._apply_set_cursor(input)
+        except (ValueError, ApplicationError) as err:
+            self._reject_signal("set_cursor", err)
+
+    @workflow.signal(name="redrive")
+    def redrive_signal(self, input: DeadLetterSelection) -> None:
+        """Signal twin of ``redrive``."""
+        try:
+            self._validate_selection(input)
+        except ValueError as err:
+            self._reject_signal("redrive", err)
+            return
+        self._apply_redrive(input)
+
+    @workflow.signal(name="discard")
+    def discard_signal(self, input: DeadLetterSelection) -> None:
+        """Signal twin of ``discard``."""
+        try:
+            self._validate_selection(input)
+        except ValueError as err:
+            self._reject_signal("discard", err)
+            return
+        self._apply_discard(input)
+
+    @workflow.signal(name="configure")
+    def configure_signal(self, input: ConfigureInput) -> None:
+        """Signal twin of ``configure``."""
+        try:
+            self._merged_settings(input)
+        except ValueError as err:
+            self._reject_signal("configure", err)
+            return
+        self._apply_configure(input)
+
+    def _reject_signal(self, name: str, err: BaseException) -> None:
+        reason = f"signal {name} rejected: {err.message if isinstance(err, ApplicationError) else err}"
+        workflow.logger.warning(reason, extra=self._log())
+        self._rejected_signals = [*self._rejected_signals[-9:], f"{workflow.now().isoformat()} {reason}"]
 
     # --- queries ---------------------------------------------------------------------------------------------
 
@@ -1235,7 +1314,7 @@ class ConnectWorkflow:
             last_error=state.last_error,
             trouble=self._trouble,
             outage=state.health.outage,
-            warnings=list(self._warnings),
+            warnings=[*self._warnings, *self._rejected_signals],
             settings=self._settings,
         )
 

@@ -22,7 +22,7 @@ from tests.helpers import Harness, reply_message, reply_text, wait_until
 from worker import control
 from worker.control import ConnectorError
 from workflows.connect import ConnectWorkflow
-from workflows.messages import ConfigureInput, ConnectResult, SetCursorInput, StatusResult
+from workflows.messages import ConfigureInput, ConnectResult, DeadLetterSelection, SetCursorInput, StatusResult
 
 QUIET_S = 2.0
 """How long a message must stay unanswered to count as held back: ten poll intervals of the ``FAST`` settings."""
@@ -447,3 +447,27 @@ async def test_cli_control_commands_act_on_connector_and_user_errors_exit_2_with
         final = await harness.status(ws)
     assert final.phase == "connected"
     assert final.settings.max_concurrency == 6
+
+
+# --- signal twins (for tctl and fire-and-forget clients) ------------------------------------------------------------
+
+
+async def test_signal_twins_apply_like_updates_and_rejections_show_in_status(harness: Harness) -> None:
+    """``configure``, ``set_cursor``, ``redrive`` and ``discard`` also arrive as signals: valid ones apply, invalid
+    ones change nothing and are recorded in ``status`` (a signal has no caller to tell)."""
+    agent = await harness.workspace("agent")
+    async with harness.worker():
+        handle = await harness.start(agent)
+        await handle.signal("configure", ConfigureInput(changes={"max_concurrency": 7}))
+        await handle.signal("configure", ConfigureInput(changes={"max_concurrency": 0}))
+        await handle.signal("set_cursor", SetCursorInput(row_id="not-a-uuid"))
+        await handle.signal("redrive", DeadLetterSelection(row_id=str(uuid.uuid4())))
+        await handle.signal("set_cursor", SetCursorInput(row_id=str(uuid.uuid4())))  # a row the inbox does not hold
+        status = await wait_until(
+            lambda: _status_when(harness, agent.id, lambda s: len(s.warnings) >= 4), message="four rejections"
+        )
+    assert status.settings.max_concurrency == 7
+    rejected = " ".join(status.warnings)
+    assert "signal configure rejected" in rejected and "signal redrive rejected" in rejected
+    assert rejected.count("signal set_cursor rejected") == 2 and "not in this workspace's inbox" in rejected
+    assert status.phase == "connected"
