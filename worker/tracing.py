@@ -6,7 +6,7 @@ it installs a global tracer provider exporting over OTLP/HTTP (protobuf) in batc
 :func:`worker.assemble.running_worker` gives the worker:
 
 - the SDK's ``temporalio.contrib.opentelemetry.TracingInterceptor``: a ``RunActivity:<name>`` span per activity
-  (``poll``, ``dispatch``, ``reply``, ``register``, ``heartbeat``), and in workflows a zero-length
+  (``session``, ``dispatch``, ``reply``, ``register``), and in workflows a zero-length
   ``StartActivity:<name>`` span that parents it;
 - :class:`MessageSpans`: puts ``molecule.workspace_id``, ``molecule.row_id`` and ``molecule.lane`` on those spans,
   links a poll batch to the messages it read, and writes each message's root span ``receive``.
@@ -34,7 +34,7 @@ from temporalio import activity
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-from activities.messages import DispatchInput, PollResult, ReplyInput
+from activities.messages import DispatchInput, PollResult, ReplyInput, SessionResult
 from activities.tracing import ROW_ID, WORKSPACE_ID, message_attributes, message_span_context
 
 DEFAULT_SERVICE_NAME = "molecule-connect"
@@ -146,8 +146,9 @@ class _MessageSpansInbound(ActivityInboundInterceptor):
         elif arg is not None and hasattr(arg, "target"):
             span.set_attribute(WORKSPACE_ID, arg.target.workspace_id)
         result = await self.next.execute_activity(input)
-        if isinstance(result, PollResult) and arg is not None:
-            _record_batch(span, arg.target.workspace_id, result)
+        batch = result.poll if isinstance(result, SessionResult) else result
+        if isinstance(batch, PollResult) and arg is not None:
+            _record_batch(span, arg.target.workspace_id, batch)
         return result
 
 

@@ -133,7 +133,7 @@ async def test_message_gets_one_trace_receive_dispatch_backend_reply(
     polls = [
         span
         for span in spans.get_finished_spans()
-        if span.name == "RunActivity:poll" and row_id in tuple((span.attributes or {}).get("molecule.row_ids", ()))
+        if span.name == "RunActivity:session" and row_id in tuple((span.attributes or {}).get("molecule.row_ids", ()))
     ]
     assert len(polls) == 1
     [poll] = polls
