@@ -32,8 +32,8 @@ import orjson
 
 from activities.a2a import TextPart, build_reply_request, parse_inbound, reply_message_id
 from activities.backends import Backend, BackendRequest, create_backend
-from activities.messages import BackendSpec, PolledRow
 from activities.inbox import INBOX_TYPE, row_to_polled
+from activities.messages import BackendSpec, PolledRow
 from devplatform.client import CreatedWorkspace
 from worker.http import platform_client
 

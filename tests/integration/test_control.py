@@ -85,7 +85,8 @@ async def _history_mentions(handle: WorkflowHandle[Any, Any], update_id: str) ->
 
 
 async def _pending_poll_ids(handle: WorkflowHandle[Any, Any]) -> set[str]:
-    """Activity ids of the workflow's pending sessions, its long polls (a cancelled one stays listed until its worker stops it)."""
+    """Activity ids of the workflow's pending sessions, its long polls (a cancelled one stays listed until its
+    worker stops it)."""
     description = await handle.describe()
     return {a.activity_id for a in description.raw_description.pending_activities if a.activity_type.name == "session"}
 
@@ -302,9 +303,8 @@ async def test_dead_letters_redrive_after_fix_answers_once_and_discard_all_clear
     exactly once."""
     agent, peer = await harness.workspace("agent"), await harness.workspace("peer")
     fixed = tmp_path / "ok"
-    flaky = BackendSpec(
-        name="exec", options={"cmd": f"""sh -c 'x=$(cat); case "$x" in bad*) test -f {fixed} || exit 3;; esac; echo "$x"'"""}
-    )
+    script = 'x=$(cat); case "$x" in bad*) test -f ' + str(fixed) + ' || exit 3;; esac; echo "$x"'
+    flaky = BackendSpec(name="exec", options={"cmd": f"sh -c '{script}'"})
     async with harness.worker():
         await harness.start(agent, flaky, max_attempts=1)
         await harness.admin.send_text(agent.id, "good", sender=peer, context_id="c0", message_id="m-0")

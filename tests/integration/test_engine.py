@@ -16,8 +16,8 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
-from activities.messages import BackendSpec
 from activities.inbox import BODY_REF_BYTES
+from activities.messages import BackendSpec
 from devplatform.client import CreatedWorkspace, text_message
 from tests.helpers import Harness, reply_message, reply_text, wait_until
 from workflows.messages import StatusResult

@@ -16,14 +16,6 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.dispatch import DispatchActivities
 from activities.errors import ErrorType
-from activities.messages import (
-    BackendSpec,
-    BodyRef,
-    DispatchInput,
-    PolledRow,
-    PollInput,
-    RowPointer,
-)
 from activities.inbox import (
     BODY_REF_BYTES,
     REF_MESSAGE_BYTES,
@@ -31,6 +23,14 @@ from activities.inbox import (
     InboxRow,
     row_to_polled,
     rows_to_polled,
+)
+from activities.messages import (
+    BackendSpec,
+    BodyRef,
+    DispatchInput,
+    PolledRow,
+    PollInput,
+    RowPointer,
 )
 from activities.platform import PlatformActivities
 from tests.unit.test_platform_activities import T0, TARGET, inbox_row, row_id

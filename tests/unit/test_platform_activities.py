@@ -17,6 +17,7 @@ from temporalio.testing import ActivityEnvironment
 import activities.platform as platform_module
 from activities.a2a import DataPart, FileContent, FilePart, TextPart, reply_message_id
 from activities.errors import ErrorType
+from activities.inbox import MAX_BATCH_BYTES, MAX_QUOTED_CHARS, RESET_READ_LIMIT, row_to_polled
 from activities.messages import (
     HeartbeatInput,
     PlatformTarget,
@@ -27,7 +28,6 @@ from activities.messages import (
     ReplyInput,
     RowPointer,
 )
-from activities.inbox import MAX_BATCH_BYTES, MAX_QUOTED_CHARS, RESET_READ_LIMIT, row_to_polled
 from activities.platform import PlatformActivities
 
 URL = "https://platform.test"
