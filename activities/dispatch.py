@@ -34,7 +34,15 @@ from activities.backends.base import (
     PermanentBackendError,
 )
 from activities.errors import ErrorType, redact
-from activities.messages import BackendSpec, DispatchInput, DispatchResult, ReplyInput, ReplyPart, ReplyResult
+from activities.messages import (
+    ActivityName,
+    BackendSpec,
+    DispatchInput,
+    DispatchResult,
+    ReplyInput,
+    ReplyPart,
+    ReplyResult,
+)
 from activities.platform import PlatformActivities, RowNotFoundError
 from activities.tracing import backend_span, reply_span
 
@@ -155,7 +163,7 @@ class DispatchActivities:
         with backend_span(input):
             return await backend.handle(request)
 
-    @activity.defn(name="dispatch")
+    @activity.defn(name=ActivityName.DISPATCH)
     async def dispatch(self, input: DispatchInput) -> DispatchResult:
         """Run the backend on one message and return its reply parts, or send the reply (``input.send_reply``).
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +16,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from activities.a2a import A2AMessage, DataPart, FilePart, TextPart
 
 ReplyPart = TextPart | FilePart | DataPart
+
+
+class ActivityName(StrEnum):
+    """The activity types, as the worker registers them and the workflow schedules them.
+
+    The workflow schedules by name, so ``workflows/`` never imports the activity implementations. The names live in
+    history: renaming one is a versioning change.
+    """
+
+    REGISTER = "register"
+    SESSION = "session"
+    CHECK_CURSOR = "check_cursor"
+    DISPATCH = "dispatch"
+    REPLY = "reply"
+    HEARTBEAT = "heartbeat"
+    """Replaced by ``session``; still called by connectors started before it."""
+    POLL = "poll"
+    """Replaced by ``session``; still called by connectors started before it."""
 
 
 class Model(BaseModel):

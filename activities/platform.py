@@ -52,6 +52,7 @@ from activities.inbox import (
     rows_to_polled,
 )
 from activities.messages import (
+    ActivityName,
     AgentReport,
     CheckCursorInput,
     HeartbeatInput,
@@ -307,7 +308,7 @@ class PlatformActivities:
 
     # --- register / heartbeat ---------------------------------------------------------------------------------
 
-    @activity.defn(name="register")
+    @activity.defn(name=ActivityName.REGISTER)
     async def register(self, input: RegisterInput) -> RegisterResult:
         """Register the workspace in poll mode: ``POST /registry/register`` (docs/protocol.md §3.1).
 
@@ -400,7 +401,7 @@ class PlatformActivities:
         activity.logger.warning("heartbeat failed: %s", error.message, extra={"workspace_id": target.workspace_id})
         return None
 
-    @activity.defn(name="heartbeat")
+    @activity.defn(name=ActivityName.HEARTBEAT)
     async def heartbeat(self, input: HeartbeatInput) -> HeartbeatResult:
         """Post ``POST /registry/heartbeat`` every ``interval_s`` for ``run_for_s``, heartbeating Temporal each beat.
 
@@ -425,7 +426,7 @@ class PlatformActivities:
 
     # --- the session: heartbeats and the inbox in one activity --------------------------------------------------
 
-    @activity.defn(name="session")
+    @activity.defn(name=ActivityName.SESSION)
     async def session(self, input: SessionInput) -> SessionResult:
         """Keep a workspace attached: platform heartbeats, and the long poll of its inbox when ``input.poll`` is set.
 
@@ -700,7 +701,7 @@ class PlatformActivities:
                 return result.model_copy(update={"rows": result.rows[:index]})
         return result
 
-    @activity.defn(name="poll")
+    @activity.defn(name=ActivityName.POLL)
     async def poll(self, input: PollInput) -> PollResult:
         """Long-poll the inbox until rows arrive or ``max_wait_s`` passes (docs/protocol.md §3.3–4).
 
@@ -731,7 +732,7 @@ class PlatformActivities:
             if time.monotonic() + interval >= deadline or await _pause(interval):
                 return PollResult(polls=polls)
 
-    @activity.defn(name="check_cursor")
+    @activity.defn(name=ActivityName.CHECK_CURSOR)
     async def check_cursor(self, input: CheckCursorInput) -> None:
         """Check that a row is in the workspace's inbox before the cursor moves to it (``set_cursor`` update).
 
@@ -811,7 +812,7 @@ class PlatformActivities:
 
     # --- reply ------------------------------------------------------------------------------------------------
 
-    @activity.defn(name="reply")
+    @activity.defn(name=ActivityName.REPLY)
     async def reply(self, input: ReplyInput) -> ReplyResult:
         """Send the reply for one inbound row (docs/protocol.md §1.5); see :meth:`send_reply`."""
         return await self.send_reply(input)

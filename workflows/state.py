@@ -1,13 +1,9 @@
 """``ConnectState``: the durable state of one connector, pure and deterministic (no temporalio import).
 
-It owns the two cursors, the rows fetched but not yet committed, the conversation lanes, the dedupe window, the dead
-letters and the counters. ``ConnectWorkflow`` mutates it only through these methods, and carries it whole through
-continue-as-new, so every rule about what is delivered, skipped or committed lives here and is unit-testable.
-
-Cursor rules (PROTOCOL.md §8, DESIGN.md §2):
-- the **fetch cursor** is the last row read from the inbox; the poll runs ahead from it;
-- the **commit cursor** is the last row of the longest fully *settled* prefix of fetched rows (settled = replied,
-  skipped or dead-lettered); it never passes an unsettled row.
+It owns the cursor (``workflows.cursor``), the messages fetched but not yet settled and their conversation lanes, the
+dedupe window, the dead letters, the ping-pong counts, the backend's health and the counters. ``ConnectWorkflow``
+changes it only through these methods and carries it whole through continue-as-new, so every rule about what is
+delivered, skipped or committed lives here (and in ``workflows.cursor``) and is unit-testable.
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from activities.a2a import A2AMessage
 from activities.messages import BodyRef, PolledRow, PollResult, ReplyPart, RowPointer
+from workflows.cursor import Cursor
 from workflows.outage import BackendHealth
 
 DEDUPE_WINDOW = 5000
@@ -157,24 +154,11 @@ class PendingMessage(StateModel):
     """Set when the message is redriven after a reply failure: skip the backend, only send this."""
 
 
-class FetchedRow(StateModel):
-    """A fetched row not yet behind the commit cursor."""
-
-    pointer: RowPointer
-    settled: bool = False
-
-
 class ConnectState(StateModel):
     """Everything a connector must not forget. See the module docstring for the cursor rules."""
 
-    fetch_cursor: RowPointer | None = None
-    commit_cursor: RowPointer | None = None
-    seeded: bool = False
-    """The cold start happened (``start_from`` no longer applies)."""
-    not_before: datetime | None = None
-    """After a reset without a cursor: rows older than this are not new."""
-    uncommitted: list[FetchedRow] = Field(default_factory=list)
-    """Fetched rows from the first unsettled one on, in arrival order."""
+    cursor: Cursor = Field(default_factory=Cursor)
+    """Fetch and commit cursors (``workflows.cursor``): their only writer."""
     pending: list[PendingMessage] = Field(default_factory=list)
     """Messages to deliver, in arrival order (lanes are derived from it)."""
     recent_row_ids: list[str] = Field(default_factory=list)
@@ -189,14 +173,10 @@ class ConnectState(StateModel):
     last_error: str | None = None
     paused: bool = False
     """Paused by an operator (``pause``): no polling, no new dispatches; survives continue-as-new."""
-    reseed: bool = False
-    """``set_cursor latest`` was asked: the next poll seeds at the newest row whatever ``start_from`` says."""
     started_at: datetime | None = None
     """When this connector first started (kept through continue-as-new; the heartbeat's ``uptime_seconds``)."""
     last_beat_at: datetime | None = None
     """When the platform last accepted one of this connector's heartbeats."""
-    unusable_row_ids: list[str] = Field(default_factory=list)
-    """Settled rows that cannot be the cursor (not UUIDs) while no later row can be: the poll leaves them out."""
     auto_exchanges: dict[str, AutoExchange] = Field(default_factory=dict)
     """Per conversation: automatic exchanges in a row (the ping-pong guard)."""
     health: BackendHealth = Field(default_factory=BackendHealth)
@@ -205,6 +185,29 @@ class ConnectState(StateModel):
     _row_ids: set[str] = PrivateAttr(default_factory=set)
     _message_ids: set[str] = PrivateAttr(default_factory=set)
     _dead_ids: set[str] = PrivateAttr(default_factory=set)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cursor_fields(cls, data: Any) -> Any:
+        """Read state carried by connectors started before the cursor was one object (its fields at the top)."""
+        if isinstance(data, dict) and "cursor" not in data:
+            renamed = {"fetch_cursor": "fetch", "commit_cursor": "commit"}
+            kept = ("seeded", "reseed", "not_before", "uncommitted", "unusable_row_ids")
+            data = dict(data)
+            cursor = {new: data.pop(old) for old, new in renamed.items() if old in data}
+            cursor |= {name: data.pop(name) for name in kept if name in data}
+            data["cursor"] = cursor
+        return data
+
+    @property
+    def commit_cursor(self) -> RowPointer | None:
+        """The commit cursor (``Cursor.commit``)."""
+        return self.cursor.commit
+
+    @property
+    def fetch_cursor(self) -> RowPointer | None:
+        """The fetch cursor (``Cursor.fetch``)."""
+        return self.cursor.fetch
 
     def model_post_init(self, __context: object) -> None:
         """Rebuild the lookup sets from the carried windows and dead letters."""
@@ -240,33 +243,19 @@ class ConnectState(StateModel):
             ``(row, reason)`` for rows settled at once that the workflow must act on: ``malformed`` rows to
             dead-letter. (Skips and duplicates are settled here.)
         """
-        if result.cold_start_done:
-            self.seeded = True
-            self.reseed = False
         if result.seed is not None:
-            self.fetch_cursor = result.seed
-            if not self.uncommitted:
-                self.commit_cursor = result.seed
             self._remember(self.recent_row_ids, self._row_ids, result.seed.row_id)
-        if result.cursor_reset:
+        if self.cursor.read(result.model_copy(update={"rows": []})):
             self.counters.cursor_resets += 1
-            if self.fetch_cursor is not None:
-                self.not_before = self.fetch_cursor.created_at or self.not_before
-            self.fetch_cursor = None
         to_dead_letter: list[tuple[PolledRow, str]] = []
         for row in result.rows:
-            if row.pointer.usable:
-                self.fetch_cursor = row.pointer
-                self.unusable_row_ids.clear()
-            elif row.row_id not in self.unusable_row_ids:
-                self.unusable_row_ids.append(row.row_id)
-                del self.unusable_row_ids[:-100]
+            self.cursor.passed(row)
             if row.row_id in self._row_ids:
                 self.counters.duplicates += 1
                 continue
             self._remember(self.recent_row_ids, self._row_ids, row.row_id)
             self.counters.received += 1
-            self.uncommitted.append(FetchedRow(pointer=row.pointer))
+            self.cursor.fetched(row)
             if row.outcome == "skip":
                 self.counters.skipped += 1
                 self.settle(row.row_id)
@@ -288,16 +277,7 @@ class ConnectState(StateModel):
     def settle(self, row_id: str) -> None:
         """Mark a row settled and advance the commit cursor over the settled prefix."""
         self.pending = [p for p in self.pending if p.row.row_id != row_id]
-        for fetched in self.uncommitted:
-            if fetched.pointer.row_id == row_id:
-                fetched.settled = True
-                break
-        while self.uncommitted and self.uncommitted[0].settled:
-            pointer = self.uncommitted.pop(0).pointer
-            if pointer.usable:
-                self.commit_cursor = pointer
-        if not self.uncommitted and self.fetch_cursor is not None:
-            self.commit_cursor = self.fetch_cursor
+        self.cursor.settle(row_id)
 
     def record_reply(self, row_id: str, at: datetime) -> None:
         """A reply was accepted by the platform: settle and count it."""
@@ -309,21 +289,6 @@ class ConnectState(StateModel):
         """Settle a row without dispatch (e.g. the ping-pong guard)."""
         self.counters.skipped += 1
         self.settle(row_id)
-
-    def set_cursor(self, pointer: RowPointer | None) -> None:
-        """Continue polling after ``pointer``, or at the newest row when ``None`` (operator's ``set_cursor``).
-
-        Fetched messages stay queued; the commit cursor only follows once they settle. A rewind redelivers nothing
-        already seen: the dedupe window drops it.
-        """
-        self.fetch_cursor = pointer
-        # A 410 on the new cursor must not re-deliver what was already settled: keep the settled rows' time floor.
-        self.not_before = self.commit_cursor.created_at if self.commit_cursor is not None else self.not_before
-        self.reseed = pointer is None
-        if pointer is None:
-            self.seeded = False
-        if not self.uncommitted and pointer is not None:
-            self.commit_cursor = pointer
 
     # --- dead letters -----------------------------------------------------------------------------------------
 

@@ -135,6 +135,46 @@ async def reply_fallback(h: Harness, tmp: Path) -> str:
     return agent.id
 
 
+async def session_delivery(h: Harness, tmp: Path) -> str:
+    """The ``session`` activity (heartbeats + inbox): peer and canvas messages, a pause and a resume, a cursor move."""
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    await h.start(agent, BackendSpec(name="exec", options={"cmd": "cat"}))
+    await h.admin.send_text(agent.id, "hello", sender=peer, context_id="c1")
+    await h.admin.send_text(agent.id, "from the canvas")
+    await _replies(h, peer.id, agent.id, 1)
+    await wait_until(lambda: h.notifications(agent.id), message="notify")
+    await control.pause_connector(h.client, agent.id)
+    await h.admin.send_text(agent.id, "sent while paused", sender=peer, context_id="c2")
+    await control.resume_connector(h.client, agent.id)
+    await _replies(h, peer.id, agent.id, 2)
+    await control.set_cursor(h.client, agent.id, "latest")
+    await h.admin.send_text(agent.id, "after the move", sender=peer, context_id="c1")
+    await _replies(h, peer.id, agent.id, 3)
+    await _drain(h, agent.id)
+    return agent.id
+
+
+async def backend_outage(h: Harness, tmp: Path) -> str:
+    """Two conversations fail in a row: ``backend_down``, held, probed; the backend comes back; one signal each."""
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    flag = tmp / "backend-up"
+    backend = BackendSpec(name="exec", options={"cmd": f"sh -c 'test -f {flag} && cat || exit 3'"})
+    await h.start(agent, backend, max_attempts=2)
+    await h.admin.send_text(agent.id, "first", sender=peer, context_id="c1")
+    await h.admin.send_text(agent.id, "second", sender=peer, context_id="c2")
+    await wait_until(lambda: _down(h, agent.id), timeout=60, message="backend_down")
+    flag.touch()
+    await _replies(h, peer.id, agent.id, 2)
+    handle = h.client.get_workflow_handle(f"connect-{agent.id}")
+    await handle.signal("configure", {"changes": {"max_concurrency": 3}})
+    await _drain(h, agent.id)
+    return agent.id
+
+
+async def _down(h: Harness, workspace_id: str) -> bool:
+    return (await h.status(workspace_id)).phase == "backend_down"
+
+
 SCENARIOS: dict[str, tuple[Scenario, list[str]]] = {
     "plain_delivery": (plain_delivery, []),
     "cursor_410_recovery": (cursor_410_recovery, []),
@@ -143,9 +183,16 @@ SCENARIOS: dict[str, tuple[Scenario, list[str]]] = {
     "continue_as_new": (continue_as_new, ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"]),
     "local_dispatch": (local_dispatch, []),
     "reply_fallback": (reply_fallback, []),
+    "session_delivery": (session_delivery, []),
+    "backend_outage": (backend_outage, []),
+    "session_continue_as_new": (
+        continue_as_new,
+        ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"],
+    ),
 }
-"""The first five were recorded before ``reply-with-dispatch`` and ``local-dispatch`` (workflow.patched): keep them
-as they are, so the old path keeps replaying; record new scenarios by name."""
+"""The first five were recorded before ``reply-with-dispatch`` and ``local-dispatch``, and the first seven before
+``session-and-outages`` (workflow.patched): keep them as they are, so the old paths keep replaying; record new
+scenarios by name (``python -m tests.replay.record_histories tests/histories NAME``)."""
 
 
 async def record(name: str, out_dir: Path) -> Path:

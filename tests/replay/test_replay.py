@@ -26,6 +26,9 @@ def test_histories_cover_the_required_scenarios() -> None:
         "pause_resume",
         "local_dispatch",
         "reply_fallback",
+        "session_delivery",
+        "backend_outage",
+        "session_continue_as_new",
     } <= names
 
 

@@ -82,14 +82,14 @@ def test_cursor_reset_keeps_created_at_floor() -> None:
     state = ConnectState(seeded=True)
     state.ingest(PollResult(rows=[row(5)]))
     state.ingest(PollResult(cursor_reset=True))
-    assert state.fetch_cursor is None and state.not_before == T0 + timedelta(seconds=5)
+    assert state.fetch_cursor is None and state.cursor.not_before == T0 + timedelta(seconds=5)
     assert state.counters.cursor_resets == 1
 
 
 def test_seed_sets_both_cursors() -> None:
     state = ConnectState()
     state.ingest(PollResult(seed=RowPointer(row_id=rid(9), created_at=T0), cold_start_done=True))
-    assert state.seeded and state.commit_cursor.row_id == rid(9) and state.fetch_cursor.row_id == rid(9)
+    assert state.cursor.seeded and state.commit_cursor.row_id == rid(9) and state.fetch_cursor.row_id == rid(9)
 
 
 def test_dead_letters_are_never_evicted_and_full_is_reported() -> None:
@@ -148,3 +148,20 @@ def test_state_round_trips_through_json_for_continue_as_new() -> None:
     assert copy.model_dump() == state.model_dump()
     copy.ingest(PollResult(rows=[row(2, context="b")]))
     assert copy.counters.duplicates == 1
+
+
+def test_state_carried_by_an_older_connector_reads_its_cursor_fields() -> None:
+    """Before the cursor was one object its fields sat at the top of the carried state; they still load."""
+    older = {
+        "fetch_cursor": {"row_id": rid(3), "created_at": T0.isoformat()},
+        "commit_cursor": {"row_id": rid(2)},
+        "seeded": True,
+        "not_before": T0.isoformat(),
+        "uncommitted": [{"pointer": {"row_id": rid(3)}, "settled": False}],
+        "counters": {"received": 3},
+    }
+    state = ConnectState.model_validate(older)
+    assert state.cursor.fetch is not None and state.cursor.fetch.row_id == rid(3)
+    assert state.commit_cursor is not None and state.commit_cursor.row_id == rid(2)
+    assert state.cursor.seeded and state.cursor.not_before == T0 and len(state.cursor.uncommitted) == 1
+    assert state.counters.received == 3

@@ -64,6 +64,9 @@ class FakePlatform:
     register_errors: list[ApplicationError] = field(default_factory=list)
     batches: list[PollResult] = field(default_factory=list)
     failing: Callable[[DispatchInput], bool] = lambda input: False
+    idle_blocks: bool = False
+    """An idle session blocks (heartbeating) instead of waiting for a delayed retry: no time skipping then, but the
+    test server cancels it cleanly (it answers ACTIVITY_UNKNOWN to cancelling an activity waiting for a retry)."""
     dispatched: list[str] = field(default_factory=list)
     replies: list[ReplyInput] = field(default_factory=list)
     sessions: int = 0
@@ -79,6 +82,11 @@ class FakePlatform:
         self.sessions += 1
         if input.poll is not None and self.batches:
             return SessionResult(poll=self.batches.pop(0), beats=1, last_beat_at=datetime.now(UTC))
+        while self.idle_blocks:
+            await asyncio.sleep(0.05)
+            activity.heartbeat()
+            if input.poll is not None and self.batches:
+                return SessionResult(poll=self.batches.pop(0), beats=1, last_beat_at=datetime.now(UTC))
         raise ApplicationError("nothing new", type=ErrorType.TRANSIENT, next_retry_delay=timedelta(hours=1))
 
     @activity.defn(name="dispatch")

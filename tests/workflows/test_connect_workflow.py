@@ -111,6 +111,7 @@ async def test_connect_poison_message_among_good_ones_is_dead_lettered_after_max
 
 
 async def test_connect_drain_delivers_what_was_fetched_and_returns_its_state(world: World) -> None:
+    world.fake.idle_blocks = True
     world.fake.batches.append(PollResult(rows=[row(1), row(2)], polls=1))
     handle = await start(world, dispatch_as="activity")
     await until(world, handle, lambda s: s.counters["received"] == 2)
@@ -126,9 +127,11 @@ async def test_connect_continue_as_new_carries_cursor_and_pending_messages(
 ) -> None:
     """Past the history limit the run continues as new with its state; nothing fetched is lost or repeated."""
     monkeypatch.setattr(connect_module, "HISTORY_LENGTH_LIMIT", 40)
-    world.fake.batches.extend(PollResult(rows=[row(n, lane=f"l{n}")], polls=1) for n in range(1, 9))
+    world.fake.idle_blocks = True
+    # One batch: the idle session that follows never completes by itself, so continue-as-new cancels a running one.
+    world.fake.batches.append(PollResult(rows=[row(n, lane=f"l{n}") for n in range(1, 9)], polls=1))
     handle = await start(world, dispatch_as="activity")
-    status = await until(world, handle, lambda s: s.counters["replied"] == 8, step=timedelta(seconds=5))
+    status = await until(world, handle, lambda s: s.counters["replied"] == 8, step=timedelta(milliseconds=100))
     assert status.counters["continued_as_new"] >= 1
     assert status.commit_cursor is not None and status.commit_cursor.row_id == row(8).row_id
     assert sorted(r.row.row_id for r in world.fake.replies) == sorted(row(n).row_id for n in range(1, 9))
