@@ -148,6 +148,7 @@ async def session_delivery(h: Harness, tmp: Path) -> str:
     await control.resume_connector(h.client, agent.id)
     await _replies(h, peer.id, agent.id, 2)
     await control.set_cursor(h.client, agent.id, "latest")
+    await wait_until(lambda: h._seeded(agent.id), message="reseeded at the newest row")
     await h.admin.send_text(agent.id, "after the move", sender=peer, context_id="c1")
     await _replies(h, peer.id, agent.id, 3)
     await _drain(h, agent.id)
@@ -171,6 +172,25 @@ async def backend_outage(h: Harness, tmp: Path) -> str:
     return agent.id
 
 
+async def session_continue_as_new(h: Harness, tmp: Path) -> str:
+    """Continue-as-new on the session path (the server suggests it at 40 events): cursor and pending carried."""
+    agent, peer = await h.workspace("agent"), await h.workspace("peer")
+    await h.start(agent)
+    for n in range(20):
+        await h.admin.send_text(agent.id, f"message {n}", sender=peer, context_id=f"c{n % 3}")
+    await _replies(h, peer.id, agent.id, 20)
+    # The server's suggestion arrives with the next workflow task: one more message brings it.
+    await h.admin.send_text(agent.id, "one more", sender=peer, context_id="c0")
+    status = await wait_until(lambda: _continued(h, agent.id), timeout=60, message="a continue-as-new")
+    assert status.counters["continued_as_new"] >= 1
+    return agent.id
+
+
+async def _continued(h: Harness, workspace_id: str):
+    status = await h.status(workspace_id)
+    return status if status.counters["continued_as_new"] >= 1 else None
+
+
 async def _down(h: Harness, workspace_id: str) -> bool:
     return (await h.status(workspace_id)).phase == "backend_down"
 
@@ -186,7 +206,7 @@ SCENARIOS: dict[str, tuple[Scenario, list[str]]] = {
     "session_delivery": (session_delivery, []),
     "backend_outage": (backend_outage, []),
     "session_continue_as_new": (
-        continue_as_new,
+        session_continue_as_new,
         ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"],
     ),
 }
