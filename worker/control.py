@@ -38,6 +38,7 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.messages import BackendSpec
+from worker.codec import ENCODING, KEYS_ENV, CodecError
 from worker.settings import (
     SEARCH_ATTRIBUTE_WORKSPACE_ID,
     TASK_QUEUE,
@@ -87,6 +88,37 @@ class NoAnswerError(ConnectorError):
         self.workflow_id = workflow_id
         self.task_queue = task_queue
         self.worker_polling = worker_polling
+
+
+class EncryptedAnswerError(ConnectorError):
+    """A connector answered with payloads this client cannot decrypt (no ``MOLECULE_CODEC_KEYS``, or another key).
+
+    Attributes:
+        short: The reason in a few words for a table cell, e.g. ``encrypted: set MOLECULE_CODEC_KEYS``.
+    """
+
+    def __init__(self, message: str, *, short: str) -> None:
+        super().__init__(message)
+        self.short = short
+
+
+def _encrypted_answer(workspace_id: str, err: Exception, *, applied: bool = False) -> EncryptedAnswerError | None:
+    """The :class:`EncryptedAnswerError` for a decoding failure, or None when ``err`` is not one.
+
+    Without a codec the SDK's converter raises ``KeyError("Unknown payload encoding binary/encrypted")``; with the
+    wrong keys the codec raises ``CodecError``, whose message names the key id and the variable.
+    """
+    after = " (the update was applied)" if applied else ""
+    if isinstance(err, CodecError):
+        return EncryptedAnswerError(f"{workflow_id(workspace_id)}: {err}{after}", short=str(err))
+    if isinstance(err, KeyError) and ENCODING.decode() in str(err):
+        short = f"encrypted: set {KEYS_ENV}"
+        message = (
+            f"{workflow_id(workspace_id)} answered with encrypted payloads: set {KEYS_ENV} to the keys its workers "
+            f"use{after}"
+        )
+        return EncryptedAnswerError(message, short=short)
+    return None
 
 
 # --- workers on a task queue ----------------------------------------------------------------------------------------
@@ -156,7 +188,7 @@ async def _describe(client: Client, workspace_id: str, timeout: timedelta) -> Wo
         return await client.get_workflow_handle(workflow_id(workspace_id)).describe(rpc_timeout=timeout)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise _not_found(workspace_id) from None
+            raise _not_found(workspace_id, err) from None
         raise ConnectorError(f"describe {workflow_id(workspace_id)} failed: {err.message}") from None
 
 
@@ -247,20 +279,28 @@ async def connector_status(client: Client, workspace_id: str, *, timeout: timede
         raise await _no_answer(client, workspace_id, timeout, None) from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise _not_found(workspace_id) from None
+            raise _not_found(workspace_id, err) from None
         # A client-side rpc_timeout surfaces as CANCELLED "Timeout expired", the server's as DEADLINE_EXCEEDED.
         if err.status == RPCStatusCode.DEADLINE_EXCEEDED or "timeout expired" in err.message.lower():
             raise await _no_answer(client, workspace_id, timeout, None) from None
         raise ConnectorError(f"status query failed: {err.message}") from None
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
         raise ConnectorError(f"status query failed: {err}") from None
+    except (KeyError, CodecError) as err:
+        encrypted = _encrypted_answer(workspace_id, err)
+        if encrypted is None:
+            raise
+        raise encrypted from None
 
 
 query_status = connector_status
 """Alias of :func:`connector_status`."""
 
 
-def _not_found(workspace_id: str) -> ConnectorError:
+def _not_found(workspace_id: str, err: RPCError | None = None) -> ConnectorError:
+    """No such connector; or, when the server says so (``NOT_FOUND`` naming a namespace), no such namespace."""
+    if err is not None and err.message.lower().startswith("namespace"):
+        return ConnectorError(f"{err.message.rstrip('.')}: check --namespace or TEMPORAL_NAMESPACE")
     return ConnectorError(
         f"no connector for workspace {workspace_id}: start one with `molecule-connect run {workspace_id} ...`"
     )
@@ -296,8 +336,13 @@ async def _update(
         raise ConnectorError(f"{workflow_id(workspace_id)} refused: {message}") from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise _not_found(workspace_id) from None
+            raise _not_found(workspace_id, err) from None
         raise ConnectorError(f"{workflow_id(workspace_id)}: {err.message}") from None
+    except (KeyError, CodecError) as err:
+        encrypted = _encrypted_answer(workspace_id, err, applied=True)
+        if encrypted is None:
+            raise
+        raise encrypted from None
 
 
 UPDATE_RETRY_DELAY_S = 0.2
@@ -400,12 +445,14 @@ class ConnectorRow:
         status: The ``status`` query's answer, or None when it failed.
         error: One line: why there is no status (not found, no worker, query failed).
         no_worker: The query failed because no worker polls the connector's task queue.
+        encrypted: The answer is encrypted with keys this client lacks (``error`` says which variable to set).
     """
 
     workspace_id: str
     status: StatusResult | None
     error: str | None = None
     no_worker: bool = False
+    encrypted: bool = False
 
 
 async def list_connectors(
@@ -493,6 +540,8 @@ async def connector_rows(
                 return ConnectorRow(workspace_id, await connector_status(client, workspace_id, timeout=timeout))
             except NoAnswerError as err:
                 return ConnectorRow(workspace_id, None, str(err), no_worker=not err.worker_polling)
+            except EncryptedAnswerError as err:
+                return ConnectorRow(workspace_id, None, err.short, encrypted=True)
             except ConnectorError as err:
                 return ConnectorRow(workspace_id, None, str(err))
 
@@ -584,7 +633,7 @@ async def _start_input(client: Client, workspace_id: str, run_id: str, timeout: 
             payloads = event.workflow_execution_started_event_attributes.input.payloads
             decoded = await client.data_converter.decode(payloads, [ConnectInput])
             return decoded[0] if decoded and isinstance(decoded[0], ConnectInput) else None
-    except (RPCError, ValueError, TypeError):
+    except (RPCError, ValueError, TypeError, KeyError):  # KeyError: encrypted, and this client has no keys
         return None  # the caller falls back to the backend name in ``status``
     return None
 

@@ -12,7 +12,7 @@ import typer
 
 from activities.backends import BackendInfo, available_backends
 from worker import loop as event_loop
-from worker.cli.common import UsageProblem
+from worker.cli.common import UsageProblem, listen, serve_asgi
 
 app = typer.Typer()
 
@@ -59,17 +59,18 @@ def codec_server(
     ] = None,
 ) -> None:
     """Serve the Temporal Web UI codec endpoint (/encode, /decode) with the keys of $MOLECULE_CODEC_KEYS."""
-    from worker.codec import DEFAULT_CORS_ORIGINS, KEYS_ENV, codec_from_env, serve_codec
+    from worker.codec import DEFAULT_CORS_ORIGINS, KEYS_ENV, codec_app, codec_from_env
 
     codec = codec_from_env()
     if codec is None:
         raise UsageProblem(f"{KEYS_ENV} is not set: export the keys the workers use (keyid:base64key,...)")
     origins = cors_origin or list(DEFAULT_CORS_ORIGINS)
+    sock = listen(host, port)
     print(
         f"codec server on http://{host}:{port} for {', '.join(origins)}; set it as the codec endpoint in the Web UI",
         file=sys.stderr,
     )
-    serve_codec(codec, host=host, port=port, cors_origins=origins)
+    serve_asgi(codec_app(codec, cors_origins=origins), sock)
 
 
 dev_platform_app = typer.Typer(
@@ -93,13 +94,14 @@ def dev_platform(
     """Serve the local platform (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
-    from devplatform.server import serve
+    from devplatform.app import create_app
     from devplatform.settings import PlatformSettings
     from worker.settings import state_dir
 
     db_path = db if db is not None else state_dir() / "dev-platform.db"
+    sock = listen(host, port)
     print(f"dev platform on http://{host}:{port} (db {db_path}, admin token from --admin-token)", file=sys.stderr)
-    serve(PlatformSettings(db_path=db_path, admin_token=admin_token), host=host, port=port)
+    serve_asgi(create_app(PlatformSettings(db_path=db_path, admin_token=admin_token)), sock)
 
 
 @dev_platform_app.command("create-workspace")
