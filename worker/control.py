@@ -9,6 +9,7 @@ and raises :class:`NoAnswerError`, which names the workflow, its task queue and 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -224,8 +226,12 @@ async def start_connector(
     """Start the workspace's ``ConnectWorkflow``, or attach to the running one (DESIGN.md §2, workflow identity).
 
     ``id_conflict_policy=USE_EXISTING`` makes this idempotent and is the single-instance lock: a second start for the
-    same workspace returns the running workflow and its original input is kept (see :func:`ensure_connector` for a
+    same workspace returns the running workflow and its original input is kept (see :func:`plan_start` for a
     start that compares). Continue-as-new keeps the memo.
+
+    The Web UI shows a static summary, ``<workspace id> · <backend name>``, written as plain JSON even when the
+    client encrypts payloads (it holds only what the workflow id and search attributes already show), and static
+    details (workspace, backend with options, platform URL, task queue), which the codec encrypts like the input.
 
     Args:
         client: Connected client.
@@ -251,6 +257,8 @@ async def start_connector(
                 [SearchAttributePair(SEARCH_ATTRIBUTE_WORKSPACE_ID, input.workspace_id)]
             ),
             memo=dict(memo) if memo else None,
+            static_summary=static_summary(input),  # type: ignore[arg-type]  # a Payload is passed through as is
+            static_details=static_details(input, task_queue),
         )
     except RPCError as err:
         if "search attribute" in err.message.lower():
@@ -259,6 +267,20 @@ async def start_connector(
                 "`temporal operator search-attribute create --name WorkspaceId --type Keyword`"
             ) from None
         raise ConnectorError(f"cannot start {workflow_id(input.workspace_id)}: {err.message}") from None
+
+
+def static_summary(input: ConnectInput) -> Payload:
+    """The Web UI's one-line summary of a connector, as a plain JSON payload that no codec encrypts."""
+    text = f"{input.workspace_id} · {input.backend.name}"
+    return Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(text, ensure_ascii=False).encode())
+
+
+def static_details(input: ConnectInput, task_queue: str) -> str:
+    """The Web UI's details of a connector (Markdown): workspace, backend with options, platform URL, task queue."""
+    return (
+        f"**workspace** {input.workspace_id}  \n**backend** {backend_text(input.backend)}  \n"
+        f"**platform** {input.platform_url}  \n**task queue** {task_queue}"
+    )
 
 
 # --- status and updates -------------------------------------------------------------------------------------------

@@ -8,14 +8,18 @@ instead of ``cannot reach Temporal`` (also exit 2, another line).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from tests.helpers import wait_until
 from tests.integration import test_cli_connectors
 from tests.integration.test_cli_connectors import CliRun, assert_one_line, cli
 from worker.devserver import find_temporal_binary
@@ -105,6 +109,12 @@ async def test_version_help_and_completion(cli_env: dict[str, str]) -> None:
     assert completed.code == 0 and completed.stdout.split() == ["server"], completed
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 # --- the embedded server -------------------------------------------------------------------------------------------
 
 
@@ -145,6 +155,31 @@ async def test_server_info_start_stop_and_env_for_the_temporal_cli(embedded_env:
     )  # fmt: skip
     assert shell.returncode == 0, shell.stderr
     assert f"address={fields['address']} namespace=default" in shell.stdout
+
+    # The codec server admits the embedded UI's (random) origin by default.
+    port = _free_port()
+    codec = await asyncio.create_subprocess_exec(
+        str(test_cli_connectors.CLI), "codec-server", "--port", str(port),
+        env={**embedded_env, "MOLECULE_CODEC_KEYS": "k:" + "A" * 43 + "="},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def preflight(origin: str) -> httpx.Response | None:
+                headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+                with contextlib.suppress(httpx.TransportError):
+                    return await http.options("/decode", headers=headers)
+                return None
+
+            allowed = await wait_until(lambda: preflight(fields["ui_url"]), message="codec server up")
+            assert allowed.status_code == 200
+            assert allowed.headers["access-control-allow-origin"] == fields["ui_url"]
+            refused = await preflight("http://elsewhere.example")
+            assert refused is not None and refused.status_code == 400
+    finally:
+        codec.terminate()
+        await codec.wait()
 
     stopped = await cli(embedded_env, "server", "stop", timeout=60)
     assert stopped.code == 0 and f"pid {fields['pid']}" in stopped.stderr, stopped

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +94,23 @@ async def test_status_of_encrypted_connector_without_keys(
         paused = await cli(cli_env, "pause", secret_ws.id, "--timeout", "5")
         assert_one_line(paused, 2, "encrypted", "MOLECULE_CODEC_KEYS", "applied")
         assert (await secret_harness.status(secret_ws.id)).phase == "paused"
+
+
+async def test_started_connector_has_a_readable_summary_even_when_encrypted(
+    harness: Harness, client: Client, cli_env: dict[str, str]
+) -> None:
+    """``start`` with the codec on: the Web UI's summary stays plain JSON, the details are encrypted like the input."""
+    agent = await harness.workspace("agent")
+    env = {**cli_env, "MOLECULE_CODEC_KEYS": KEY_TEXT}
+    started = await cli(env, "start", agent.id, "--platform-url", harness.platform.url, "--task-queue", "tq-unserved")
+    assert started.code == 0, started
+    handle = client.get_workflow_handle(f"connect-{agent.id}")
+    description = await handle.describe()
+    metadata = description.raw_description.execution_config.user_metadata
+    assert metadata.summary.metadata["encoding"] == b"json/plain"
+    assert json.loads(metadata.summary.data) == f"{agent.id} · echo"
+    assert metadata.details.metadata["encoding"] == b"binary/encrypted"
+    decrypted = Client(**{**client.config(), "data_converter": with_codec(EncryptionCodec([KEY]))})
+    details = await (await decrypted.get_workflow_handle(f"connect-{agent.id}").describe()).static_details()
+    assert details is not None and harness.platform.url in details and "tq-unserved" in details
+    await handle.terminate()
