@@ -7,6 +7,7 @@
 - ``debug``: replay debugging (``replay``, ``history export``).
 - ``dev``: ``backends`` (the backends this worker can run, plugins included, with their options),
   ``codec-server``, ``dev-platform`` (with ``create-workspace``) and ``demo``.
+- ``schema``: the JSON Schemas of the connector's input, updates, signals and queries (``worker.schema``).
 - ``server``: the embedded Temporal dev server: ``server info`` (``--env`` for the ``temporal`` CLI), ``start``,
   ``stop``.
 - ``common``: shared options (the ``temporal`` CLI's connection flags: ``connection_options``), user errors,
@@ -32,7 +33,7 @@ try:  # recent typer vendors click as typer._click, whose exceptions are not cli
 except ImportError:  # pragma: no cover - older typer runs on click itself
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
-from worker.cli import connectors, debug, dev, fleets, serve, server
+from worker.cli import connectors, debug, dev, fleets, schema, serve, server
 from worker.cli.common import (
     NO_ANSWER_EXIT,
     USER_ERROR_EXIT,
@@ -56,7 +57,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for _group in (serve, connectors, fleets, debug, dev, server):
+for _group in (serve, connectors, fleets, debug, dev, server, schema):
     app.add_typer(_group.app)
 
 
