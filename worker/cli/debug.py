@@ -1,17 +1,31 @@
-"""Replay debugging: ``replay`` (histories against the current workflow code) and ``history export``."""
+"""Replay debugging: ``replay``, ``history export`` and ``dispatch rerun``.
+
+``replay`` runs histories against the current workflow code; ``dispatch rerun`` runs a failed dispatch's recorded
+input once on its backend, here.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 from temporalio.client import Client, WorkflowHistory
 
 from worker import loop as event_loop
-from worker.cli.common import UsageProblem, connect_client, connection_options, run_async
+from worker.cli.common import (
+    BackendOptions,
+    UsageProblem,
+    connect_client,
+    connection_options,
+    parse_options,
+    run_async,
+)
 from worker.codec import data_converter
+from worker.control import backend_text
 
 app = typer.Typer()
 
@@ -110,3 +124,106 @@ def history_export(
         print(f"wrote {len(history.events)} events of {workflow_id_} to {output}", file=sys.stderr)
 
     run_async(main)
+
+
+dispatch_app = typer.Typer(help="Failed dispatches: run one again locally to reproduce it.", no_args_is_help=True)
+app.add_typer(dispatch_app, name="dispatch")
+
+
+@dispatch_app.command("rerun")
+@connection_options
+def dispatch_rerun(
+    row: Annotated[str, typer.Option("--row", help="The row id of the failed message (`dead-letters WS` lists them).")],
+    workflow_id_: Annotated[
+        str | None, typer.Option("--workflow-id", help="The connector, e.g. connect-<workspace id>.")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Start looking in this run (default: the latest).")
+    ] = None,
+    history: Annotated[
+        Path | None, typer.Option("--history", help="Look in this history file instead of asking the server.")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", "-b", help="Run this backend instead of the recorded one.")
+    ] = None,
+    option: BackendOptions = None,
+) -> None:
+    """Run a failed dispatch's recorded input on its backend once, here; print the answer and reply to no one.
+
+    The input is the `dispatch` activity's, from the workflow's history (the runs it continued from too) or from
+    --history. --backend and -o try another backend or other options (-o alone: the recorded backend with these
+    options over its own). A body passed by reference (over 256 KiB) is re-read from the platform with the token
+    from $MOLECULE_WORKSPACE_TOKEN or $MOLECULE_TOKENS_FILE. Exit 1 when the backend fails again.
+    """
+    from activities.backends.base import BackendError
+    from activities.messages import BackendSpec
+    from worker.replay import load_history
+    from worker.rerun import RerunError, find_dispatch, rerun
+
+    if (workflow_id_ is None) == (history is None):
+        raise UsageProblem("give --workflow-id ID or --history FILE")
+    converter = data_converter()
+
+    async def main() -> int:
+        if history is not None:
+            try:
+                recorded_history = load_history(history)
+            except ValueError as err:
+                raise UsageProblem(str(err)) from None
+            previous = None
+        else:
+            assert workflow_id_ is not None
+            client = (await connect_client()).client
+            recorded_history = await fetch(client, workflow_id_, run_id)
+
+            async def previous(earlier_run: str) -> WorkflowHistory:
+                return await fetch(client, workflow_id_, earlier_run)
+
+        try:
+            found = await find_dispatch(recorded_history, row, converter, previous_run=previous)
+        except RerunError as err:
+            raise UsageProblem(str(err)) from None
+        recorded = found.input
+        spec = recorded.backend
+        if backend is not None or option:
+            options = parse_options(option)
+            spec = (
+                BackendSpec(name=backend, options=options)
+                if backend
+                else spec.model_copy(update={"options": {**spec.options, **options}})
+            )
+        print(
+            f"row {row} of {recorded_history.workflow_id} (run {found.run_id or '?'}), lane {recorded.lane}, "
+            f"attempt {recorded.attempt or '?'}: recorded {found.outcome}",
+            file=sys.stderr,
+        )
+        print(f"running {backend_text(spec)} once here; nothing is replied to anyone", file=sys.stderr)
+        token_for = _token_lookup(recorded.target.workspace_id)
+        try:
+            response = await rerun(recorded, backend=spec, token_for=token_for)
+        except RerunError as err:
+            raise UsageProblem(str(err)) from None
+        except BackendError as err:
+            print(f"molecule-connect: {backend_text(spec)} failed again: {' '.join(str(err).split())}", file=sys.stderr)
+            return 1
+        for part in response.parts:
+            if getattr(part, "kind", None) == "text":
+                print(part.text)
+            else:
+                print(orjson.dumps(part.model_dump(mode="json", by_alias=True, exclude_none=True)).decode())
+        return 0
+
+    if event_loop.run(main()):
+        raise SystemExit(1)
+
+
+def _token_lookup(workspace_id: str) -> Callable[[str], str] | None:
+    """The worker's token lookup when the environment holds this workspace's token, else None."""
+    from worker.secrets import TokenError, TokenStore
+
+    try:
+        tokens = TokenStore.from_env(workspace_id=workspace_id)
+        tokens.token_for(workspace_id)
+    except (TokenError, LookupError):
+        return None
+    return tokens.token_for
