@@ -1,9 +1,32 @@
-"""Client-side operations on connectors: start honestly, query and control them (the CLI, the demo and tests).
+"""The typed Python client of connectors: start them honestly, query and control them (the CLI, the demo, tests).
 
-Each function takes a connected ``temporalio.client.Client`` (with the pydantic data converter) and raises
+Each function takes a connected ``temporalio.client.Client`` using the project's data converter
+(``worker.codec.data_converter()``: pydantic JSON, encrypted when ``MOLECULE_CODEC_KEYS`` is set) and raises
 :class:`ConnectorError` with a one-line, actionable message for what a user can get wrong. Every call that needs a
 worker to answer (the ``status`` query, the updates) gives up after a timeout (:data:`CONTROL_TIMEOUT` by default)
-and raises :class:`NoAnswerError`, which names the workflow, its task queue and whether any worker polls it.
+and raises :class:`NoAnswerError`, which names the workflow, its task queue and whether any worker polls it; an
+answer this client cannot decrypt raises :class:`EncryptedAnswerError`.
+
+    from temporalio.client import Client
+    from worker.codec import data_converter
+    from worker.control import connector_status, pause_connector, resume_connector, start_connector
+    from workflows.messages import ConnectInput
+
+    client = await Client.connect("127.0.0.1:7233", data_converter=data_converter())
+    await start_connector(client, ConnectInput(workspace_id="ws-1", platform_url="https://api.example"))
+    status = await connector_status(client, "ws-1")          # StatusResult: phase, cursor, lanes, dead letters
+    await pause_connector(client, "ws-1")                     # returns once in-flight messages settled
+    await resume_connector(client, "ws-1")
+
+- start: :func:`start_connector` (idempotent, ``USE_EXISTING``), :func:`plan_start` + :func:`carry_out_start`
+  (compare with what runs; reuse, configure, refuse or replace), :func:`drain_and_wait`;
+- query: :func:`connector_status`, :func:`describe_connector` (no worker needed), :func:`list_connectors`
+  (visibility), :func:`connector_rows` (many statuses at once);
+- control (updates): :func:`pause_connector`, :func:`resume_connector`, :func:`drain_connector`, :func:`set_cursor`,
+  :func:`redrive`, :func:`discard`, :func:`configure`.
+
+Inputs and answers are the models of ``workflows/messages.py``; their JSON Schemas (for other SDKs and ``tctl``) are
+in ``docs/schema/`` (``molecule-connect schema``).
 """
 
 from __future__ import annotations
