@@ -269,7 +269,7 @@ async def start_connector(
         ConnectorError: The server refused the start (e.g. the ``WorkspaceId`` search attribute is not registered).
     """
     try:
-        return await client.start_workflow(
+        return await client.start_workflow(  # type: ignore[call-overload]  # static_summary: a Payload
             ConnectWorkflow.run,
             input,
             id=workflow_id(input.workspace_id),
@@ -280,7 +280,7 @@ async def start_connector(
                 [SearchAttributePair(SEARCH_ATTRIBUTE_WORKSPACE_ID, input.workspace_id)]
             ),
             memo=dict(memo) if memo else None,
-            static_summary=static_summary(input),  # type: ignore[arg-type]  # a Payload is passed through as is
+            static_summary=static_summary(input),  # a Payload is passed through as is (typed str)
             static_details=static_details(input, task_queue),
         )
     except RPCError as err:

@@ -89,8 +89,8 @@ async def _dispatch_in(history: WorkflowHistory, row_id: str, converter: DataCon
     outcomes: dict[int, str] = {}
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
-            attrs = event.activity_task_failed_event_attributes
-            outcomes[attrs.scheduled_event_id] = await _failure_text(attrs.failure, converter)
+            failed = event.activity_task_failed_event_attributes
+            outcomes[failed.scheduled_event_id] = await _failure_text(failed.failure, converter)
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
             outcomes[event.activity_task_timed_out_event_attributes.scheduled_event_id] = "timed out"
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:

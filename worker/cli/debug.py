@@ -155,6 +155,7 @@ def dispatch_rerun(
     options over its own). A body passed by reference (over 256 KiB) is re-read from the platform with the token
     from $MOLECULE_WORKSPACE_TOKEN or $MOLECULE_TOKENS_FILE. Exit 1 when the backend fails again.
     """
+    from activities.a2a import TextPart
     from activities.backends.base import BackendError
     from activities.messages import BackendSpec
     from worker.replay import load_history
@@ -207,7 +208,7 @@ def dispatch_rerun(
             print(f"molecule-connect: {backend_text(spec)} failed again: {' '.join(str(err).split())}", file=sys.stderr)
             return 1
         for part in response.parts:
-            if getattr(part, "kind", None) == "text":
+            if isinstance(part, TextPart):
                 print(part.text)
             else:
                 print(orjson.dumps(part.model_dump(mode="json", by_alias=True, exclude_none=True)).decode())
