@@ -79,8 +79,8 @@ async def codec_server(state_dir: Path) -> AsyncIterator[tuple[str, list[str]]]:
 
     origins = default_cors_origins({**os.environ, "MOLECULE_CONNECT_STATE_DIR": str(state_dir), "TEMPORAL_UI_URL": ""})
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(codec_app(EncryptionCodec([CODEC_KEY]), cors_origins=origins)))
-    server.config.log_level = "warning"
+    app = codec_app(EncryptionCodec([CODEC_KEY]), cors_origins=origins)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.05)
