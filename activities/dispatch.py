@@ -244,7 +244,7 @@ class DispatchActivities:
             ) from None
         except BackendError as err:
             reason = redact(str(err))
-            activity.logger.warning("backend failed: %s", reason, extra=log_extra)
+            activity.logger.debug("backend failed: %s", reason, extra=log_extra)  # the SDK logs the failure once
             # A permanent failure (e.g. the agent rejects the request as invalid) would fail the same way on
             # every retry, so it is dead-lettered at once.
             permanent = isinstance(err, PermanentBackendError)

@@ -36,11 +36,14 @@ own transport (``MOLECULE_CONNECT_HTTP_TRANSPORT=httpx``) more would cost CPU, a
 connection on each request (7.5 → 7.0 ms of worker CPU per message at 50 workspaces when capped, RESULTS.md)."""
 
 
-def metrics_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
-    """An SDK runtime exporting Prometheus metrics on ``host:port`` (``/metrics``).
+def metrics_runtime(port: int, host: str = "127.0.0.1") -> Runtime:
+    """An SDK runtime exporting Prometheus metrics on ``host:port`` (``/metrics``); loopback unless ``host`` says.
 
     It carries the SDK's own metrics (workflow/activity task latencies, slots, polls) and the connector's
     ``molecule_connect_*`` counters, pending gauge and delivery latency histogram, labelled by ``workspace_id``.
+
+    Raises:
+        ValueError: The address cannot be bound (the SDK's "Failed starting Prometheus exporter: ...").
     """
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{host}:{port}")))
 

@@ -1,14 +1,38 @@
-"""Client-side operations on connectors: start honestly, query and control them (the CLI, the demo and tests).
+"""The typed Python client of connectors: start them honestly, query and control them (the CLI, the demo, tests).
 
-Each function takes a connected ``temporalio.client.Client`` (with the pydantic data converter) and raises
+Each function takes a connected ``temporalio.client.Client`` using the project's data converter
+(``worker.codec.data_converter()``: pydantic JSON, encrypted when ``MOLECULE_CODEC_KEYS`` is set) and raises
 :class:`ConnectorError` with a one-line, actionable message for what a user can get wrong. Every call that needs a
 worker to answer (the ``status`` query, the updates) gives up after a timeout (:data:`CONTROL_TIMEOUT` by default)
-and raises :class:`NoAnswerError`, which names the workflow, its task queue and whether any worker polls it.
+and raises :class:`NoAnswerError`, which names the workflow, its task queue and whether any worker polls it; an
+answer this client cannot decrypt raises :class:`EncryptedAnswerError`.
+
+    from temporalio.client import Client
+    from worker.codec import data_converter
+    from worker.control import connector_status, pause_connector, resume_connector, start_connector
+    from workflows.messages import ConnectInput
+
+    client = await Client.connect("127.0.0.1:7233", data_converter=data_converter())
+    await start_connector(client, ConnectInput(workspace_id="ws-1", platform_url="https://api.example"))
+    status = await connector_status(client, "ws-1")          # StatusResult: phase, cursor, lanes, dead letters
+    await pause_connector(client, "ws-1")                     # returns once in-flight messages settled
+    await resume_connector(client, "ws-1")
+
+- start: :func:`start_connector` (idempotent, ``USE_EXISTING``), :func:`plan_start` + :func:`carry_out_start`
+  (compare with what runs; reuse, configure, refuse or replace), :func:`drain_and_wait`;
+- query: :func:`connector_status`, :func:`describe_connector` (no worker needed), :func:`list_connectors`
+  (visibility), :func:`connector_rows` (many statuses at once);
+- control (updates): :func:`pause_connector`, :func:`resume_connector`, :func:`drain_connector`, :func:`set_cursor`,
+  :func:`redrive`, :func:`discard`, :func:`configure`.
+
+Inputs and answers are the models of ``workflows/messages.py``; their JSON Schemas (for other SDKs and ``tctl``) are
+in ``docs/schema/`` (``molecule-connect schema``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -16,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -38,6 +63,7 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.messages import BackendSpec
+from worker.codec import ENCODING, KEYS_ENV, CodecError
 from worker.settings import (
     SEARCH_ATTRIBUTE_WORKSPACE_ID,
     TASK_QUEUE,
@@ -87,6 +113,37 @@ class NoAnswerError(ConnectorError):
         self.workflow_id = workflow_id
         self.task_queue = task_queue
         self.worker_polling = worker_polling
+
+
+class EncryptedAnswerError(ConnectorError):
+    """A connector answered with payloads this client cannot decrypt (no ``MOLECULE_CODEC_KEYS``, or another key).
+
+    Attributes:
+        short: The reason in a few words for a table cell, e.g. ``encrypted: set MOLECULE_CODEC_KEYS``.
+    """
+
+    def __init__(self, message: str, *, short: str) -> None:
+        super().__init__(message)
+        self.short = short
+
+
+def _encrypted_answer(workspace_id: str, err: Exception, *, applied: bool = False) -> EncryptedAnswerError | None:
+    """The :class:`EncryptedAnswerError` for a decoding failure, or None when ``err`` is not one.
+
+    Without a codec the SDK's converter raises ``KeyError("Unknown payload encoding binary/encrypted")``; with the
+    wrong keys the codec raises ``CodecError``, whose message names the key id and the variable.
+    """
+    after = " (the update was applied)" if applied else ""
+    if isinstance(err, CodecError):
+        return EncryptedAnswerError(f"{workflow_id(workspace_id)}: {err}{after}", short=str(err))
+    if isinstance(err, KeyError) and ENCODING.decode() in str(err):
+        short = f"encrypted: set {KEYS_ENV}"
+        message = (
+            f"{workflow_id(workspace_id)} answered with encrypted payloads: set {KEYS_ENV} to the keys its workers "
+            f"use{after}"
+        )
+        return EncryptedAnswerError(message, short=short)
+    return None
 
 
 # --- workers on a task queue ----------------------------------------------------------------------------------------
@@ -156,7 +213,7 @@ async def _describe(client: Client, workspace_id: str, timeout: timedelta) -> Wo
         return await client.get_workflow_handle(workflow_id(workspace_id)).describe(rpc_timeout=timeout)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise _not_found(workspace_id) from None
+            raise _not_found(workspace_id, err) from None
         raise ConnectorError(f"describe {workflow_id(workspace_id)} failed: {err.message}") from None
 
 
@@ -192,8 +249,12 @@ async def start_connector(
     """Start the workspace's ``ConnectWorkflow``, or attach to the running one (DESIGN.md §2, workflow identity).
 
     ``id_conflict_policy=USE_EXISTING`` makes this idempotent and is the single-instance lock: a second start for the
-    same workspace returns the running workflow and its original input is kept (see :func:`ensure_connector` for a
+    same workspace returns the running workflow and its original input is kept (see :func:`plan_start` for a
     start that compares). Continue-as-new keeps the memo.
+
+    The Web UI shows a static summary, ``<workspace id> · <backend name>``, written as plain JSON even when the
+    client encrypts payloads (it holds only what the workflow id and search attributes already show), and static
+    details (workspace, backend with options, platform URL, task queue), which the codec encrypts like the input.
 
     Args:
         client: Connected client.
@@ -208,7 +269,7 @@ async def start_connector(
         ConnectorError: The server refused the start (e.g. the ``WorkspaceId`` search attribute is not registered).
     """
     try:
-        return await client.start_workflow(
+        return await client.start_workflow(  # type: ignore[call-overload]  # static_summary: a Payload
             ConnectWorkflow.run,
             input,
             id=workflow_id(input.workspace_id),
@@ -219,6 +280,8 @@ async def start_connector(
                 [SearchAttributePair(SEARCH_ATTRIBUTE_WORKSPACE_ID, input.workspace_id)]
             ),
             memo=dict(memo) if memo else None,
+            static_summary=static_summary(input),  # a Payload is passed through as is (typed str)
+            static_details=static_details(input, task_queue),
         )
     except RPCError as err:
         if "search attribute" in err.message.lower():
@@ -227,6 +290,20 @@ async def start_connector(
                 "`temporal operator search-attribute create --name WorkspaceId --type Keyword`"
             ) from None
         raise ConnectorError(f"cannot start {workflow_id(input.workspace_id)}: {err.message}") from None
+
+
+def static_summary(input: ConnectInput) -> Payload:
+    """The Web UI's one-line summary of a connector, as a plain JSON payload that no codec encrypts."""
+    text = f"{input.workspace_id} · {input.backend.name}"
+    return Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(text, ensure_ascii=False).encode())
+
+
+def static_details(input: ConnectInput, task_queue: str) -> str:
+    """The Web UI's details of a connector (Markdown): workspace, backend with options, platform URL, task queue."""
+    return (
+        f"**workspace** {input.workspace_id}  \n**backend** {backend_text(input.backend)}  \n"
+        f"**platform** {input.platform_url}  \n**task queue** {task_queue}"
+    )
 
 
 # --- status and updates -------------------------------------------------------------------------------------------
@@ -247,20 +324,28 @@ async def connector_status(client: Client, workspace_id: str, *, timeout: timede
         raise await _no_answer(client, workspace_id, timeout, None) from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise _not_found(workspace_id) from None
+            raise _not_found(workspace_id, err) from None
         # A client-side rpc_timeout surfaces as CANCELLED "Timeout expired", the server's as DEADLINE_EXCEEDED.
         if err.status == RPCStatusCode.DEADLINE_EXCEEDED or "timeout expired" in err.message.lower():
             raise await _no_answer(client, workspace_id, timeout, None) from None
         raise ConnectorError(f"status query failed: {err.message}") from None
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
         raise ConnectorError(f"status query failed: {err}") from None
+    except (KeyError, CodecError) as err:
+        encrypted = _encrypted_answer(workspace_id, err)
+        if encrypted is None:
+            raise
+        raise encrypted from None
 
 
 query_status = connector_status
 """Alias of :func:`connector_status`."""
 
 
-def _not_found(workspace_id: str) -> ConnectorError:
+def _not_found(workspace_id: str, err: RPCError | None = None) -> ConnectorError:
+    """No such connector; or, when the server says so (``NOT_FOUND`` naming a namespace), no such namespace."""
+    if err is not None and err.message.lower().startswith("namespace"):
+        return ConnectorError(f"{err.message.rstrip('.')}: check --namespace or TEMPORAL_NAMESPACE")
     return ConnectorError(
         f"no connector for workspace {workspace_id}: start one with `molecule-connect run {workspace_id} ...`"
     )
@@ -296,8 +381,13 @@ async def _update(
         raise ConnectorError(f"{workflow_id(workspace_id)} refused: {message}") from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise _not_found(workspace_id) from None
+            raise _not_found(workspace_id, err) from None
         raise ConnectorError(f"{workflow_id(workspace_id)}: {err.message}") from None
+    except (KeyError, CodecError) as err:
+        encrypted = _encrypted_answer(workspace_id, err, applied=True)
+        if encrypted is None:
+            raise
+        raise encrypted from None
 
 
 UPDATE_RETRY_DELAY_S = 0.2
@@ -400,12 +490,14 @@ class ConnectorRow:
         status: The ``status`` query's answer, or None when it failed.
         error: One line: why there is no status (not found, no worker, query failed).
         no_worker: The query failed because no worker polls the connector's task queue.
+        encrypted: The answer is encrypted with keys this client lacks (``error`` says which variable to set).
     """
 
     workspace_id: str
     status: StatusResult | None
     error: str | None = None
     no_worker: bool = False
+    encrypted: bool = False
 
 
 async def list_connectors(
@@ -493,6 +585,8 @@ async def connector_rows(
                 return ConnectorRow(workspace_id, await connector_status(client, workspace_id, timeout=timeout))
             except NoAnswerError as err:
                 return ConnectorRow(workspace_id, None, str(err), no_worker=not err.worker_polling)
+            except EncryptedAnswerError as err:
+                return ConnectorRow(workspace_id, None, err.short, encrypted=True)
             except ConnectorError as err:
                 return ConnectorRow(workspace_id, None, str(err))
 
@@ -584,7 +678,7 @@ async def _start_input(client: Client, workspace_id: str, run_id: str, timeout: 
             payloads = event.workflow_execution_started_event_attributes.input.payloads
             decoded = await client.data_converter.decode(payloads, [ConnectInput])
             return decoded[0] if decoded and isinstance(decoded[0], ConnectInput) else None
-    except (RPCError, ValueError, TypeError):
+    except (RPCError, ValueError, TypeError, KeyError):  # KeyError: encrypted, and this client has no keys
         return None  # the caller falls back to the backend name in ``status``
     return None
 

@@ -244,6 +244,22 @@ def embedded_server_status(state_dir: Path) -> EmbeddedServer | None:
     return record.to_server(started_here=False)
 
 
+def embedded_ui_url(state_dir: Path) -> str | None:
+    """Return the Web UI URL of the state directory's dev server, running or not, without starting anything.
+
+    The running server's record when there is one, else the UI port of the last run (`temporal-ports.json`, which a
+    restart reuses while it is free); None when no server was ever started here.
+
+    Args:
+        state_dir: The state directory given to `ensure_embedded_server`.
+    """
+    record = _read_record(state_dir)
+    if record is not None:
+        return record.ui_url
+    ports = _read_model(state_dir / PORTS_FILE, _Ports)
+    return f"http://{HOST}:{ports.ui_port}" if ports is not None else None
+
+
 def stop_embedded_server(state_dir: Path, *, timeout: timedelta = STOP_TIMEOUT) -> bool:
     """Stop the state directory's dev server and remove its record.
 

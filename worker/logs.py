@@ -2,8 +2,15 @@
 
 A JSON line holds ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and every ``extra=`` field of the
 call: ours (``workspace_id``, ``row_id``, ``message_id``, ``attempt``, ...) and the SDK's ``temporal_workflow`` /
-``temporal_activity`` context (workflow id, run id, activity type, attempt). In JSON mode that context is kept out
-of the message text, where the SDK appends it by default.
+``temporal_activity`` context (workflow id, run id, activity type, attempt). The SDK's context is kept out of the
+message text, where the SDK appends it by default as a long dict: a text line ends with ``key=value`` pairs instead
+(:data:`CONTEXT_FIELDS`, plus the activity type and the workflow id when no workspace id says more).
+
+Tracebacks only at ``DEBUG``. Above it, a record that carries an exception (the SDK's "Completing activity as failed"
+for every failed attempt, a failed workflow activation) is one line: its message, then the error's class and message,
+e.g. ``Completing activity as failed: BackendFailed: exec: 'sh' exited with status 3: boom activity=dispatch ...``
+(in JSON: ``error_type`` and ``error`` fields instead of ``exc_info``). The formatters do it, so the SDK's records
+and every other handler stay as they are.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any, Literal, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 from temporalio import activity, workflow
+from temporalio.exceptions import ApplicationError, FailureError
 
 LogFormat = Literal["text", "json"]
 
@@ -45,29 +53,91 @@ class _State:
 _state = _State()
 
 
-class TextFormatter(logging.Formatter):
-    """``time level logger: message key=value ...`` with the :data:`CONTEXT_FIELDS` a record carries."""
+def error_summary(error: BaseException) -> tuple[str, str]:
+    """An exception's class and its message on one line, without the traceback.
 
-    def __init__(self) -> None:
+    An ``ApplicationError``'s ``type`` (e.g. ``BackendFailed``) counts as its class.
+    """
+    kind = error.type if isinstance(error, ApplicationError) and error.type else type(error).__name__
+    text = error.message if isinstance(error, FailureError) else str(error)
+    return kind, " ".join(text.split()) or "(no message)"
+
+
+def _without_traceback(record: logging.LogRecord) -> tuple[logging.LogRecord, tuple[str, str] | None]:
+    """A copy of ``record`` without its exception, and the exception's summary (None when it had none)."""
+    exc_info = record.exc_info
+    if not exc_info or exc_info[1] is None:
+        return record, None
+    summary = error_summary(exc_info[1])
+    copy = logging.makeLogRecord(record.__dict__)
+    copy.exc_info, copy.exc_text, copy.stack_info = None, None, None
+    return copy, summary
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message key=value ...`` with the :data:`CONTEXT_FIELDS` a record carries.
+
+    Args:
+        tracebacks: Print an exception's traceback; without it (above ``DEBUG``) the line ends with the error's
+            class and message instead.
+    """
+
+    def __init__(self, *, tracebacks: bool = True) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
-        """Format the record, then append its context fields."""
+        """Format the record (one line unless ``tracebacks``), then append its context fields."""
+        summary = None
+        if not self.tracebacks:
+            record, summary = _without_traceback(record)
         line = super().format(record)
-        context = " ".join(f"{key}={getattr(record, key)}" for key in CONTEXT_FIELDS if hasattr(record, key))
+        if summary is not None:
+            line += f": {summary[0]}: {summary[1]}"
+        context = " ".join(f"{key}={value}" for key, value in _context(record))
         return f"{line} {context}" if context else line
 
 
-class JsonLinesFormatter(JsonFormatter):
-    """python-json-logger's formatter with ``time`` first (UTC, milliseconds), then level, logger and message."""
+def _context(record: logging.LogRecord) -> list[tuple[str, object]]:
+    """The ``key=value`` pairs a text line ends with: ours, then what the SDK's context adds to them."""
+    pairs: list[tuple[str, object]] = [(key, getattr(record, key)) for key in CONTEXT_FIELDS if hasattr(record, key)]
+    sdk = getattr(record, "temporal_activity", None) or getattr(record, "temporal_workflow", None)
+    if isinstance(sdk, dict):
+        keys = {key for key, _ in pairs}
+        if "activity_type" in sdk:
+            pairs.insert(0, ("activity", sdk["activity_type"]))
+        if "workspace_id" not in keys and sdk.get("workflow_id"):
+            pairs.append(("workflow_id", sdk["workflow_id"]))
+        if "attempt" not in keys and "activity_type" in sdk and sdk.get("attempt"):
+            pairs.append(("attempt", sdk["attempt"]))
+    return pairs
 
-    def __init__(self) -> None:
+
+class JsonLinesFormatter(JsonFormatter):
+    """python-json-logger's formatter with ``time`` first (UTC, milliseconds), then level, logger and message.
+
+    Args:
+        tracebacks: Keep an exception's traceback in ``exc_info``; without it (above ``DEBUG``) the record gets
+            ``error_type`` and ``error`` instead.
+    """
+
+    def __init__(self, *, tracebacks: bool = True) -> None:
         super().__init__(
             "{levelname}{name}{message}",
             style="{",
             rename_fields={"levelname": "level", "name": "logger"},
             json_ensure_ascii=False,
         )
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One JSON object; an exception becomes ``error_type``/``error`` unless ``tracebacks``."""
+        if self.tracebacks:
+            return super().format(record)
+        record, summary = _without_traceback(record)
+        if summary is not None:
+            record.error_type, record.error = summary
+        return super().format(record)
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         """Put ``time`` first, then the configured and ``extra`` fields."""
@@ -94,7 +164,9 @@ def configure_logging(log_format: str = "text", level: str = "INFO", *, stream: 
         raise ValueError(f"unknown log level {level!r}: use one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(JsonLinesFormatter() if log_format == "json" else TextFormatter())
+    tracebacks = name == "DEBUG"
+    formatter = JsonLinesFormatter if log_format == "json" else TextFormatter
+    handler.setFormatter(formatter(tracebacks=tracebacks))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
@@ -102,11 +174,10 @@ def configure_logging(log_format: str = "text", level: str = "INFO", *, stream: 
     root.setLevel(name)
     for library in QUIET_BELOW_DEBUG:
         logging.getLogger(library).setLevel(logging.DEBUG if name == "DEBUG" else logging.WARNING)
-    # The context is in the JSON fields already; in text it stays in the message, the SDK's default.
-    in_message = log_format == "text"
-    _state.json = not in_message
-    workflow.logger.workflow_info_on_message = in_message
-    activity.logger.activity_info_on_message = in_message
+    # The SDK's context goes to the record's fields: JSON keeps them, text appends a few as key=value.
+    _state.json = log_format == "json"
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
 
 
 def announce(message: str) -> None:

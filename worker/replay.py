@@ -74,6 +74,7 @@ async def replay(
     *,
     workflows: Sequence[type] = (ConnectWorkflow,),
     data_converter: DataConverter = pydantic_data_converter,
+    debug: bool = False,
 ) -> list[ReplayOutcome]:
     """Replay each history against the current ``ConnectWorkflow`` code.
 
@@ -82,11 +83,13 @@ async def replay(
         workflows: Workflow classes to replay with (tests pass a deliberately changed copy).
         data_converter: The converter the histories were written with: ``worker.codec.data_converter()`` for
             encrypted histories (plain payloads in them still decode).
+        debug: The SDK's debug mode: no deadlock detection, so workflow code may stop at a breakpoint for longer
+            than the 2 s a workflow task otherwise gets (Temporal docs, "Debugging").
 
     Returns:
         One outcome per history, in order.
     """
-    replayer = Replayer(workflows=list(workflows), data_converter=data_converter)
+    replayer = Replayer(workflows=list(workflows), data_converter=data_converter, debug_mode=debug)
     outcomes: list[ReplayOutcome] = []
     for source, history in histories:
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)

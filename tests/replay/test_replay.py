@@ -58,3 +58,15 @@ def test_replay_cli_not_a_history_exits_2_with_one_line(tmp_path: Path) -> None:
     done = subprocess.run([CLI, "replay", "--history", str(bogus)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "not a workflow history" in done.stderr
+
+
+async def test_replay_debug_mode_survives_a_breakpoint_longer_than_two_seconds() -> None:
+    """Without debug mode the SDK reports a potential deadlock; ``debug=True`` (``replay --debug``) turns it off."""
+    from tests.replay.paused_workflow import PausedConnectWorkflow
+
+    path = next(p for p in HISTORIES if p.stem == "plain_delivery")
+    history = load_history(path)
+    [stuck] = await replay([(str(path), history)], workflows=[PausedConnectWorkflow])
+    assert not stuck.ok and "deadlock" in (stuck.error or "").lower(), stuck
+    [debugged] = await replay([(str(path), history)], workflows=[PausedConnectWorkflow], debug=True)
+    assert debugged.ok, debugged.error

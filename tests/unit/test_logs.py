@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from temporalio import activity, workflow
+from temporalio.exceptions import ApplicationError
 
 from worker import logs
 from worker.logs import announce, configure_logging
@@ -49,7 +50,7 @@ def test_json_format_line_has_time_level_logger_message_and_extra_fields() -> No
 
 def test_json_format_exception_and_announce_stay_one_json_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
     out = io.StringIO()
-    configure_logging("json", "INFO", stream=out)
+    configure_logging("json", "DEBUG", stream=out)
     try:
         raise RuntimeError("boom")
     except RuntimeError:
@@ -64,6 +65,49 @@ def test_json_format_exception_and_announce_stay_one_json_object_per_line(capsys
     # The SDK's workflow/activity context goes to fields, not into the message text.
     assert workflow.logger.workflow_info_on_message is False
     assert activity.logger.activity_info_on_message is False
+
+
+def _failed_attempt() -> None:
+    """What the SDK logs for a failed activity attempt: a warning with the exception and the activity's context."""
+    try:
+        raise ApplicationError("exec: 'sh' exited with status 3: boom", type="BackendFailed")
+    except ApplicationError:
+        logging.getLogger("temporalio.activity").warning(
+            "Completing activity as failed",
+            exc_info=True,
+            extra={"temporal_activity": {"activity_type": "dispatch", "attempt": 2, "workflow_id": "connect-ws-1"}},
+        )
+
+
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+def test_text_above_debug_a_failed_attempt_is_one_line_with_error_class(level: str) -> None:
+    out = io.StringIO()
+    configure_logging("text", level, stream=out)
+    _failed_attempt()
+    [line] = out.getvalue().splitlines()
+    assert line.endswith(
+        "WARNING temporalio.activity: Completing activity as failed: BackendFailed: exec: 'sh' exited with status 3: "
+        "boom activity=dispatch workflow_id=connect-ws-1 attempt=2"
+    ), line
+
+
+def test_json_above_debug_a_failed_attempt_has_error_fields_and_no_traceback() -> None:
+    out = io.StringIO()
+    configure_logging("json", "INFO", stream=out)
+    _failed_attempt()
+    [record] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (record["error_type"], record["error"]) == ("BackendFailed", "exec: 'sh' exited with status 3: boom")
+    assert "exc_info" not in record
+    assert record["temporal_activity"]["activity_type"] == "dispatch"
+
+
+def test_text_at_debug_keeps_the_traceback() -> None:
+    out = io.StringIO()
+    configure_logging("text", "DEBUG", stream=out)
+    _failed_attempt()
+    text = out.getvalue()
+    assert "Traceback (most recent call last)" in text
+    assert "temporalio.exceptions.ApplicationError: " in text
 
 
 def test_text_format_appends_context_and_announce_prints_plain(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,11 @@
 - ``debug``: replay debugging (``replay``, ``history export``).
 - ``dev``: ``backends`` (the backends this worker can run, plugins included, with their options),
   ``codec-server``, ``dev-platform`` (with ``create-workspace``) and ``demo``.
-- ``common``: shared options, user errors, connecting and serving a worker.
+- ``schema``: the JSON Schemas of the connector's input, updates, signals and queries (``worker.schema``).
+- ``server``: the embedded Temporal dev server: ``server info`` (``--env`` for the ``temporal`` CLI), ``start``,
+  ``stop``.
+- ``common``: shared options (the ``temporal`` CLI's connection flags: ``connection_options``), user errors,
+  connecting and serving a worker.
 
 Every user error prints one line on stderr that says what to do, and exits 2. A connector control that no worker
 answers within ``--timeout`` prints one line naming the workflow and its task queue, and exits 1.
@@ -18,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -27,7 +33,7 @@ try:  # recent typer vendors click as typer._click, whose exceptions are not cli
 except ImportError:  # pragma: no cover - older typer runs on click itself
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
-from worker.cli import connectors, debug, dev, fleets, serve
+from worker.cli import connectors, debug, dev, fleets, schema, serve, server
 from worker.cli.common import (
     NO_ANSWER_EXIT,
     USER_ERROR_EXIT,
@@ -37,6 +43,7 @@ from worker.cli.common import (
     first_validation_error,
 )
 from worker.control import NoAnswerError
+from worker.logs import LOG_LEVEL_ENV
 
 __all__ = ["USER_ERROR_EXIT", "UsageProblem", "app", "main"]
 
@@ -44,12 +51,32 @@ app = typer.Typer(
     name="molecule-connect",
     help="Attach external agents to Molecule workspaces in poll mode, durably, on Temporal.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion for bash, zsh, fish and PowerShell (README, Commands).
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-for _group in (serve, connectors, fleets, debug, dev):
+for _group in (serve, connectors, fleets, debug, dev, server, schema):
     app.add_typer(_group.app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from worker.assemble import agent_version
+
+        print(f"molecule-connect {agent_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Attach external agents to Molecule workspaces in poll mode, durably, on Temporal."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,8 +94,17 @@ def main(argv: list[str] | None = None) -> None:
         code: object = 0
     except SystemExit as err:
         code = err.code
+    except Exception as err:  # a bug, not a user error: one line; the traceback at DEBUG only
+        if os.environ.get(LOG_LEVEL_ENV, "").upper() == "DEBUG":
+            traceback.print_exc()
+        reason = (str(err).splitlines() or [""])[0][:300]
+        code = (
+            f"molecule-connect: unexpected {type(err).__name__}: {reason} "
+            f"(set {LOG_LEVEL_ENV}=DEBUG for the traceback)"
+        )
     if isinstance(code, str):
         print(code, file=sys.stderr)
+        code = 1
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import os
+import re
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -30,7 +35,7 @@ from worker.codec import CodecError, data_converter
 from worker.control import ConnectorError
 from worker.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, announce, configure_logging
 from worker.secrets import TokenError, TokenStore
-from worker.temporal import ConnectedClient, TemporalConnectError
+from worker.temporal import ConnectedClient, TemporalConnectError, is_configured
 from worker.temporal import connect_client as connect_temporal
 from workflows.messages import ConnectInput, ConnectSettings
 
@@ -72,6 +77,14 @@ MetricsPortOption = Annotated[
     int | None,
     typer.Option("--metrics-port", help="Serve Prometheus metrics (SDK + connector counters) on this port."),
 ]
+MetricsHostOption = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host", help="Address the metrics endpoint listens on (0.0.0.0: every interface, for a scraper)."
+    ),
+]
+DEFAULT_METRICS_HOST = "127.0.0.1"
+"""Metrics listen on loopback unless ``--metrics-host`` says otherwise: they name every workspace of the worker."""
 RequestBudgetOption = Annotated[
     float,
     typer.Option(
@@ -196,12 +209,153 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     event_loop.run(main())
 
 
+# --- connection flags, like the `temporal` CLI's ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectionFlags:
+    """The connection flags of a command (:func:`connection_options`), named like the ``temporal`` CLI's.
+
+    Each flag stands for the ``TEMPORAL_*`` variable of ``temporalio.envconfig`` in :data:`FLAG_VARIABLES`, so a
+    flag overrides the environment, which overrides the profile, exactly as the ``temporal`` CLI layers them.
+
+    Attributes:
+        address: ``--address``: gRPC ``host:port`` (``TEMPORAL_ADDRESS``).
+        namespace: ``--namespace``/``-n`` (``TEMPORAL_NAMESPACE``).
+        profile: ``--profile``: a profile of the client config file (``TEMPORAL_PROFILE``).
+        tls_cert_path: ``--tls-cert-path``: client certificate for mTLS (``TEMPORAL_TLS_CLIENT_CERT_PATH``).
+        tls_key_path: ``--tls-key-path``: its private key (``TEMPORAL_TLS_CLIENT_KEY_PATH``).
+        tls_ca_path: ``--tls-ca-path``: server CA certificate (``TEMPORAL_TLS_SERVER_CA_CERT_PATH``).
+        tls_server_name: ``--tls-server-name``: override the TLS server name (``TEMPORAL_TLS_SERVER_NAME``).
+        api_key_env: ``--api-key-env``: the NAME of the variable holding the API key (its value becomes
+            ``TEMPORAL_API_KEY``); the key itself never appears on a command line.
+    """
+
+    address: str | None = None
+    namespace: str | None = None
+    profile: str | None = None
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    tls_ca_path: str | None = None
+    tls_server_name: str | None = None
+    api_key_env: str | None = None
+
+    def environ(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` with the given flags written over their ``TEMPORAL_*`` variables.
+
+        Raises:
+            UsageProblem: ``--api-key-env`` names no set variable (or is not a variable name), or a TLS flag or
+                an API key is given while no server is configured (the embedded dev server takes neither).
+        """
+        environ = dict(base)
+        for name, variable in FLAG_VARIABLES.items():
+            value = getattr(self, name)
+            if value:
+                environ[variable] = value
+        if self.api_key_env is not None:
+            if not _VARIABLE_NAME.fullmatch(self.api_key_env):
+                raise UsageProblem(
+                    "--api-key-env takes the NAME of an environment variable holding the API key, never the key "
+                    "itself: export TEMPORAL_CLOUD_KEY=... then --api-key-env TEMPORAL_CLOUD_KEY"
+                )
+            key = base.get(self.api_key_env, "")
+            if not key:
+                raise UsageProblem(f"--api-key-env {self.api_key_env}: ${self.api_key_env} is not set or empty")
+            environ["TEMPORAL_API_KEY"] = key
+        remote = [flag for flag, given in self._remote_only() if given]
+        if remote and not is_configured(environ):
+            raise UsageProblem(
+                f"{remote[0]} needs a Temporal server: give --address HOST:PORT (or --profile, or TEMPORAL_ADDRESS); "
+                "the embedded dev server takes no TLS or API key"
+            )
+        return environ
+
+    def _remote_only(self) -> list[tuple[str, bool]]:
+        return [
+            ("--tls-cert-path", bool(self.tls_cert_path)),
+            ("--tls-key-path", bool(self.tls_key_path)),
+            ("--tls-ca-path", bool(self.tls_ca_path)),
+            ("--tls-server-name", bool(self.tls_server_name)),
+            ("--api-key-env", self.api_key_env is not None),
+        ]
+
+
+FLAG_VARIABLES = {
+    "address": "TEMPORAL_ADDRESS",
+    "namespace": "TEMPORAL_NAMESPACE",
+    "profile": "TEMPORAL_PROFILE",
+    "tls_cert_path": "TEMPORAL_TLS_CLIENT_CERT_PATH",
+    "tls_key_path": "TEMPORAL_TLS_CLIENT_KEY_PATH",
+    "tls_ca_path": "TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+    "tls_server_name": "TEMPORAL_TLS_SERVER_NAME",
+}
+""":class:`ConnectionFlags` field → the ``temporalio.envconfig`` variable it sets."""
+
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONNECTION: ContextVar[ConnectionFlags | None] = ContextVar("molecule_connect_connection", default=None)
+
+_CONNECTION_PARAMETERS = [
+    inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[str | None, typer.Option(*decls, help=help_text, show_default=False)],
+    )
+    for name, decls, help_text in (
+        ("address", ("--address",), "Temporal gRPC HOST:PORT (default: $TEMPORAL_ADDRESS, a profile, or embedded)."),
+        ("namespace", ("--namespace", "-n"), "Temporal namespace (default: $TEMPORAL_NAMESPACE, else default)."),
+        ("profile", ("--profile",), "Profile of the Temporal client config file (default: $TEMPORAL_PROFILE)."),
+        ("tls_cert_path", ("--tls-cert-path",), "Client certificate for mTLS."),
+        ("tls_key_path", ("--tls-key-path",), "Client private key for mTLS."),
+        ("tls_ca_path", ("--tls-ca-path",), "Server CA certificate."),
+        ("tls_server_name", ("--tls-server-name",), "Override the server name TLS verifies."),
+        ("api_key_env", ("--api-key-env",), "NAME of the environment variable holding the API key (never the key)."),
+    )
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(command: F) -> F:
+    """Give a command the ``temporal`` CLI's connection flags (:class:`ConnectionFlags`); use under ``@app.command``.
+
+    The flags are added to the command's signature for Typer and removed from its call: the command body stays as
+    it is, and :func:`connect_client` applies them.
+    """
+
+    @functools.wraps(command)
+    def with_connection(*args: Any, **kwargs: Any) -> Any:
+        flags = ConnectionFlags(**{f.name: kwargs.pop(f.name, None) for f in fields(ConnectionFlags)})
+        token = _CONNECTION.set(flags)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            _CONNECTION.reset(token)
+
+    signature = inspect.signature(command, eval_str=True)
+    with_connection.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *_CONNECTION_PARAMETERS]
+    )
+    with_connection.__annotations__ = {
+        **command.__annotations__,
+        **{p.name: p.annotation for p in _CONNECTION_PARAMETERS},
+    }
+    return with_connection  # type: ignore[return-value]
+
+
+def connection_environ(base: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment a connecting command reads: ``base`` with the command's connection flags over it."""
+    return (_CONNECTION.get() or ConnectionFlags()).environ(base)
+
+
 async def connect_client(**kwargs: Any) -> ConnectedClient:
     """``worker.temporal.connect_client`` with the project's data converter, for every command that connects.
 
-    When ``MOLECULE_CODEC_KEYS`` is set, payloads are encrypted and decrypted with the codec (``worker.codec``);
-    a malformed value is a ``CodecError`` (user error).
+    The command's connection flags (:func:`connection_options`) override the ``TEMPORAL_*`` environment. When
+    ``MOLECULE_CODEC_KEYS`` is set, payloads are encrypted and decrypted with the codec (``worker.codec``); a
+    malformed value is a ``CodecError`` (user error).
     """
+    kwargs.setdefault("environ", connection_environ())
     return await connect_temporal(data_converter=data_converter(), **kwargs)
 
 
@@ -241,15 +395,26 @@ class WorkerOptions:
     budget: Budget = Budget()
 
 
-async def connect_worker_client(metrics_port: int | None) -> ConnectedClient:
-    """Connect for a worker process: with the metrics runtime when ``metrics_port`` is set; announce the Web UI."""
+async def connect_worker_client(metrics_port: int | None, metrics_host: str = DEFAULT_METRICS_HOST) -> ConnectedClient:
+    """Connect for a worker process: with the metrics runtime when ``metrics_port`` is set; announce the server.
+
+    Raises:
+        UsageProblem: The metrics address cannot be bound (port taken, address not on this host).
+    """
     from worker.assemble import metrics_runtime
 
-    runtime = metrics_runtime(metrics_port) if metrics_port else None
+    runtime = None
     if metrics_port:
-        announce(f"Prometheus metrics on http://0.0.0.0:{metrics_port}/metrics")
+        try:
+            runtime = metrics_runtime(metrics_port, host=metrics_host)
+        except ValueError as err:  # the SDK's "Failed starting Prometheus exporter: Address already in use ..."
+            reason = str(err).removeprefix("Failed starting Prometheus exporter: ")
+            raise UsageProblem(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {reason}; choose another --metrics-port"
+            ) from None
+        announce(f"Prometheus metrics on http://{metrics_host}:{metrics_port}/metrics")
     connected = await connect_client(runtime=runtime)
-    print_ui(connected.ui_url)
+    print_server(connected)
     return connected
 
 
@@ -273,20 +438,61 @@ async def serving(client: Client, task_queue: str, options: WorkerOptions) -> As
 async def serve_worker(
     task_queue: str,
     options: WorkerOptions,
-    metrics_port: int | None,
+    metrics: tuple[int | None, str],
     started: Callable[[Client], Awaitable[str]],
 ) -> None:
-    """Connect, run a worker until signalled, then shut down within ``shutdown_grace`` seconds."""
-    connected = await connect_worker_client(metrics_port)
+    """Connect, run a worker until signalled, then shut down within ``shutdown_grace`` seconds.
+
+    ``metrics`` is ``(--metrics-port, --metrics-host)``.
+    """
+    connected = await connect_worker_client(*metrics)
     async with serving(connected.client, task_queue, options):
         await until_signalled(await started(connected.client))
     announce("worker stopped")
 
 
-def print_ui(ui_url: str | None) -> None:
-    """Announce the Temporal Web UI's URL, when the server has one."""
-    if ui_url:
-        announce(f"Temporal Web UI: {ui_url}")
+def listen(host: str, port: int, flag: str = "--port") -> socket.socket:
+    """A listening TCP socket on ``host:port``, for uvicorn to serve on (so a taken port is one line, not a log).
+
+    Raises:
+        UsageProblem: The address cannot be bound (port in use, address not on this host), naming ``flag``.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as err:
+        raise UsageProblem(f"cannot listen on {host}:{port}: {_os_reason(err)}; check --host") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        raise UsageProblem(f"cannot listen on {host}:{port}: {_os_reason(err)}; choose another {flag}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _os_reason(err: BaseException) -> str:
+    reason = getattr(err, "strerror", None) or str(err)
+    return reason[:1].lower() + reason[1:]
+
+
+def serve_asgi(app: Any, sock: socket.socket) -> None:
+    """Serve an ASGI app with uvicorn on a socket from :func:`listen`, until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    server.run(sockets=[sock])
+
+
+def print_server(connected: ConnectedClient) -> None:
+    """Announce where Temporal is: the Web UI's URL (when known), the gRPC address and the namespace."""
+    where = f"Temporal {connected.address}, namespace {connected.namespace}"
+    if connected.ui_url:
+        announce(f"Temporal Web UI: {connected.ui_url}  ({where})")
+    else:
+        announce(where)
 
 
 def setup_logging(log_format: str, log_level: str) -> None:

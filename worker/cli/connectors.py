@@ -20,6 +20,7 @@ from worker.cli.common import (
     TimeoutOption,
     UsageProblem,
     connect_client,
+    connection_options,
     parse_options,
     run_async,
 )
@@ -56,13 +57,15 @@ TABLE_COLUMNS = ("WORKSPACE", "PHASE", "LAG", "IN FLIGHT", "DEAD", "LAST DELIVER
 
 
 def format_status_table(rows: list[control.ConnectorRow], now: datetime) -> str:
-    """An aligned table, one connector a line; a failed query shows ``?`` (or ``no worker``) and the error."""
+    """An aligned table, one connector a line; a failed query shows ``?`` (``no worker``, ``encrypted``) and why."""
     lines = [TABLE_COLUMNS]
     for row in rows:
         s = row.status
         if s is None:
             if row.no_worker:  # the advice names the task queue: never clipped
                 lines.append((row.workspace_id, "no worker", "-", "-", "-", "-", row.error or "no worker"))
+            elif row.encrypted:  # the advice names the variable (and a key id): never clipped
+                lines.append((row.workspace_id, "encrypted", "-", "-", "-", "-", row.error or "encrypted"))
             else:
                 lines.append((row.workspace_id, "?", "-", "-", "-", "-", _clip(row.error or "no status")))
         else:
@@ -93,7 +96,10 @@ def _clip(text: str, width: int = 80) -> str:
 
 
 def print_rows(rows: list[control.ConnectorRow], as_json: bool) -> None:
-    """Print rows as the table, or as a JSON list of ``{workspace_id, workflow_id, error, no_worker, status}``."""
+    """Print rows as the table, or as a JSON list of ``{workspace_id, workflow_id, error, no_worker, ...}``.
+
+    Each JSON item holds ``workspace_id``, ``workflow_id``, ``error``, ``no_worker``, ``encrypted`` and ``status``.
+    """
     if as_json:
         listing = [
             {
@@ -101,6 +107,7 @@ def print_rows(rows: list[control.ConnectorRow], as_json: bool) -> None:
                 "workflow_id": workflow_id(row.workspace_id),
                 "error": row.error,
                 "no_worker": row.no_worker,
+                "encrypted": row.encrypted,
                 "status": row.status.model_dump(mode="json") if row.status is not None else None,
             }
             for row in rows
@@ -127,6 +134,7 @@ def _status_of_all(task_queue: str | None, timeout: float, as_json: bool) -> Non
 
 
 @app.command()
+@connection_options
 def status(
     workspace_id: Annotated[
         str | None, typer.Argument(help="The workspace whose connector to query; all running ones when omitted.")
@@ -176,24 +184,28 @@ def _control(action: Callable[[Any], Awaitable[Any]], render: Callable[[Any], No
 
 
 @app.command()
+@connection_options
 def pause(workspace_id: WorkspaceArg, timeout: TimeoutOption = DEFAULT_TIMEOUT) -> None:
     """Stop polling and dispatching; returns once in-flight messages settled (the `pause` update)."""
     _control(lambda c: control.pause_connector(c, workspace_id, timeout=timedelta(seconds=timeout)))
 
 
 @app.command()
+@connection_options
 def resume(workspace_id: WorkspaceArg, timeout: TimeoutOption = DEFAULT_TIMEOUT) -> None:
     """Resume a paused connector (the `resume` update)."""
     _control(lambda c: control.resume_connector(c, workspace_id, timeout=timedelta(seconds=timeout)))
 
 
 @app.command()
+@connection_options
 def drain(workspace_id: WorkspaceArg, timeout: TimeoutOption = DEFAULT_TIMEOUT) -> None:
     """Deliver what was fetched, then complete the connector workflow (the `drain` update)."""
     _control(lambda c: control.drain_connector(c, workspace_id, timeout=timedelta(seconds=timeout)))
 
 
 @app.command()
+@connection_options
 def cursor(
     workspace_id: WorkspaceArg,
     set_: Annotated[str | None, typer.Option("--set", help="Continue polling after this row id (UUID).")] = None,
@@ -208,6 +220,7 @@ def cursor(
 
 
 @app.command("dead-letters")
+@connection_options
 def dead_letters(
     workspace_id: WorkspaceArg,
     redrive_id: Annotated[
@@ -242,6 +255,7 @@ def dead_letters(
 
 
 @app.command()
+@connection_options
 def configure(
     workspace_id: WorkspaceArg,
     settings: Annotated[list[str], typer.Argument(help="KEY=VALUE settings, e.g. max_concurrency=8.")],

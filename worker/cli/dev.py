@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import orjson
 import typer
 
 from activities.backends import BackendInfo, available_backends
 from worker import loop as event_loop
-from worker.cli.common import UsageProblem
+from worker.cli.common import UsageProblem, listen, serve_asgi
 
 app = typer.Typer()
 
@@ -55,21 +58,50 @@ def codec_server(
     host: Annotated[str, typer.Option(help="Address to bind; anyone who reaches it can decrypt.")] = "127.0.0.1",
     cors_origin: Annotated[
         list[str] | None,
-        typer.Option("--cors-origin", help="Web UI origin allowed to call it (repeatable; default: :8233)."),
+        typer.Option(
+            "--cors-origin",
+            help="Web UI origin allowed to call it (repeatable; default: the embedded server's UI, $TEMPORAL_UI_URL "
+            "and :8233).",
+        ),
     ] = None,
 ) -> None:
     """Serve the Temporal Web UI codec endpoint (/encode, /decode) with the keys of $MOLECULE_CODEC_KEYS."""
-    from worker.codec import DEFAULT_CORS_ORIGINS, KEYS_ENV, codec_from_env, serve_codec
+    from worker.codec import KEYS_ENV, codec_app, codec_from_env
 
     codec = codec_from_env()
     if codec is None:
         raise UsageProblem(f"{KEYS_ENV} is not set: export the keys the workers use (keyid:base64key,...)")
-    origins = cors_origin or list(DEFAULT_CORS_ORIGINS)
+    origins = cors_origin or default_cors_origins()
+    sock = listen(host, port)
     print(
         f"codec server on http://{host}:{port} for {', '.join(origins)}; set it as the codec endpoint in the Web UI",
         file=sys.stderr,
     )
-    serve_codec(codec, host=host, port=port, cors_origins=origins)
+    serve_asgi(codec_app(codec, cors_origins=origins), sock)
+
+
+def default_cors_origins(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The Web UI origins the codec server admits by default.
+
+    The embedded server's UI (from the state directory), the one ``TEMPORAL_UI_URL`` names, and ``temporal server
+    start-dev``'s ``:8233``; a loopback one both as ``127.0.0.1`` and as ``localhost``.
+    """
+    from worker.codec import DEFAULT_CORS_ORIGINS
+    from worker.devserver import embedded_ui_url
+    from worker.settings import state_dir
+    from worker.temporal import UI_URL_ENV
+
+    origins: list[str] = []
+    for url in (embedded_ui_url(state_dir(environ)), environ.get(UI_URL_ENV) or None):
+        if url:
+            parts = urlsplit(url)
+            origin = f"{parts.scheme}://{parts.netloc}"
+            origins.append(origin)
+            if parts.hostname in ("127.0.0.1", "localhost"):
+                other = "localhost" if parts.hostname == "127.0.0.1" else "127.0.0.1"
+                origins.append(f"{parts.scheme}://{other}:{parts.port}" if parts.port else f"{parts.scheme}://{other}")
+    origins += DEFAULT_CORS_ORIGINS
+    return list(dict.fromkeys(origins))
 
 
 dev_platform_app = typer.Typer(
@@ -93,13 +125,14 @@ def dev_platform(
     """Serve the local platform (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
-    from devplatform.server import serve
+    from devplatform.app import create_app
     from devplatform.settings import PlatformSettings
     from worker.settings import state_dir
 
     db_path = db if db is not None else state_dir() / "dev-platform.db"
+    sock = listen(host, port)
     print(f"dev platform on http://{host}:{port} (db {db_path}, admin token from --admin-token)", file=sys.stderr)
-    serve(PlatformSettings(db_path=db_path, admin_token=admin_token), host=host, port=port)
+    serve_asgi(create_app(PlatformSettings(db_path=db_path, admin_token=admin_token)), sock)
 
 
 @dev_platform_app.command("create-workspace")

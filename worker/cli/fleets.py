@@ -11,7 +11,14 @@ import typer
 
 from worker import control
 from worker import loop as event_loop
-from worker.cli.common import DEFAULT_TIMEOUT, TimeoutOption, UsageProblem, connect_client, run_async
+from worker.cli.common import (
+    DEFAULT_TIMEOUT,
+    TimeoutOption,
+    UsageProblem,
+    connect_client,
+    connection_options,
+    run_async,
+)
 from worker.cli.connectors import print_rows
 
 app = typer.Typer()
@@ -46,6 +53,7 @@ def _load_fleet(path: Path) -> Any:
 
 
 @fleet_app.command("apply")
+@connection_options
 def fleet_apply(
     file: FleetFileArg,
     prune: Annotated[
@@ -100,6 +108,7 @@ def fleet_apply(
 
 
 @fleet_app.command("status")
+@connection_options
 def fleet_status(
     file: FleetFileArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,

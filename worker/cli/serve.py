@@ -18,12 +18,14 @@ from temporalio.client import Client
 from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE
 from worker import control
 from worker.cli.common import (
+    DEFAULT_METRICS_HOST,
     DEFAULT_TIMEOUT,
     BackendOption,
     BackendOptions,
     Budget,
     LogFormatOption,
     LogLevelOption,
+    MetricsHostOption,
     MetricsPortOption,
     NoProbeOption,
     PlatformUrlOption,
@@ -36,6 +38,7 @@ from worker.cli.common import (
     connect_client,
     connect_input,
     connect_worker_client,
+    connection_options,
     probe,
     run_async,
     serve_worker,
@@ -98,6 +101,7 @@ def _start_line(outcome: control.StartOutcome, default_task_queue: str) -> str:
 
 
 @app.command()
+@connection_options
 def run(
     workspace_id: Annotated[str, typer.Argument(help="The workspace to connect.")],
     platform_url: PlatformUrlOption = None,
@@ -110,6 +114,7 @@ def run(
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     shutdown_grace: ShutdownGraceOption = 30.0,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = DEFAULT_METRICS_HOST,
     log_format: LogFormatOption = "text",
     log_level: LogLevelOption = "INFO",
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
@@ -133,7 +138,7 @@ def run(
     limit = timedelta(seconds=timeout)
 
     async def main() -> None:
-        client = (await connect_worker_client(metrics_port)).client
+        client = (await connect_worker_client(metrics_port, metrics_host)).client
         plan = await control.plan_start(
             client,
             input,
@@ -159,10 +164,12 @@ def run(
 
 
 @app.command()
+@connection_options
 def worker(
     task_queue: TaskQueueOption = TASK_QUEUE,
     shutdown_grace: ShutdownGraceOption = 30.0,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = DEFAULT_METRICS_HOST,
     log_format: LogFormatOption = "text",
     log_level: LogLevelOption = "INFO",
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
@@ -180,10 +187,11 @@ def worker(
     async def started(client: Client) -> str:
         return f"worker running on task queue {task_queue}"
 
-    run_async(lambda: serve_worker(task_queue, options, metrics_port, started))
+    run_async(lambda: serve_worker(task_queue, options, (metrics_port, metrics_host), started))
 
 
 @app.command()
+@connection_options
 def start(
     workspace_id: Annotated[str, typer.Argument(help="The workspace to connect.")],
     platform_url: PlatformUrlOption = None,
