@@ -169,7 +169,8 @@ class Delivery:
                     self._outage(message, error, probe=probe)
                     attempt = 0  # its attempts start again once the backend is back
                     continue
-                workflow.logger.info(
+                # The worker already logged this attempt's failure (one line at INFO); the retry is a detail.
+                workflow.logger.debug(
                     "dispatch attempt %d failed, retrying: %s", attempt, error, extra=c.log(row_id=row.row_id)
                 )
                 await self._backoff(attempt)
