@@ -187,10 +187,15 @@ class ParsedMessage(BaseModel):
     unsupported_parts: int = 0
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def _raw_parts(body: dict[str, Any]) -> Any:
     """Parts in the platform's extraction order: ``params.message.parts``, ``params.parts``, ``parts``."""
-    params = body.get("params") if isinstance(body.get("params"), dict) else {}
-    message = params.get("message") if isinstance(params.get("message"), dict) else {}
+    params = _object(body.get("params"))
+    message = _object(params.get("message"))
     for candidate in (message.get("parts"), params.get("parts"), body.get("parts")):
         if isinstance(candidate, list) and candidate:
             return candidate
@@ -241,8 +246,8 @@ def parse_inbound(body: Any) -> ParsedMessage:
             unsupported += 1
     if not parts:
         raise MalformedMessageError(f"no usable parts ({unsupported} unsupported)")
-    params = normalized.get("params") if isinstance(normalized.get("params"), dict) else {}
-    raw_message = params.get("message") if isinstance(params.get("message"), dict) else {}
+    params = _object(normalized.get("params"))
+    raw_message = _object(params.get("message"))
     fields = {k: v for k, v in raw_message.items() if k not in ("parts", "content")}
     fields.setdefault("messageId", str(uuid.uuid5(uuid.NAMESPACE_URL, repr(body))))
     if fields.get("role") not in ("user", "agent"):

@@ -219,7 +219,7 @@ def codec_app(codec: PayloadCodec, *, cors_origins: Sequence[str] = DEFAULT_CORS
         allow_credentials=True,
     )
 
-    def endpoint(transform: Callable[[Iterable[Payload]], Awaitable[list[Payload]]]) -> Callable[..., Any]:
+    def endpoint(transform: Callable[[Sequence[Payload]], Awaitable[list[Payload]]]) -> Callable[..., Any]:
         # A plain Starlette endpoint: no parameters for FastAPI to inject, and the body is proto JSON, not a model.
         async def apply(request: Request) -> Response:
             try:
