@@ -22,33 +22,28 @@ from __future__ import annotations
 import asyncio
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
-
-    from activities.messages import CheckCursorInput, PollResult, RowPointer
-    from workflows import calls, legacy
-    from workflows.context import Connector
+    from activities.messages import PollResult
+    from workflows import legacy
+    from workflows.context import Connector, summary
+    from workflows.controls import Controls
     from workflows.duties import Duties
     from workflows.lanes import LaneSupervisor
     from workflows.messages import (
         ConfigureInput,
         ConnectInput,
         ConnectResult,
-        ConnectSettings,
         DeadLetterActionResult,
         DeadLetterList,
         DeadLetterPage,
         DeadLetterSelection,
-        DeadLetterSummary,
         SetCursorInput,
         StatusResult,
     )
-    from workflows.state import DeadLetter, PendingMessage, lane_of
+    from workflows.state import PendingMessage, lane_of
 
 PATCH_CARRY_BUDGET = "carry-budget-before-continue-as-new"
 """``workflow.patched`` id: continue-as-new waits for queued bodies to fit (docs/architecture.md §2.13)."""
@@ -62,9 +57,6 @@ CARRY_READABLE_BYTES = 256 * 1024
 HISTORY_LENGTH_LIMIT = 20_000
 """Continue as new past this many events even if the server did not suggest it (the hard limit is 51,200)."""
 
-STATUS_DEAD_LETTERS = 20
-"""Dead letters listed by ``status`` (the newest); the ``dead_letters`` query pages through all."""
-
 
 @workflow.defn
 class ConnectWorkflow:
@@ -75,6 +67,7 @@ class ConnectWorkflow:
         self._c = Connector.of(input)
         self._duties = Duties(self._c)
         self._lanes = LaneSupervisor(self._c, self._duties)
+        self._controls = Controls(self._c, self._lanes)
 
     @workflow.run
     async def run(self, input: ConnectInput) -> ConnectResult:
@@ -171,14 +164,14 @@ class ConnectWorkflow:
     @workflow.update
     async def pause(self) -> StatusResult:
         """Stop polling and starting dispatches; return once in-flight ones settle. Survives continue-as-new."""
-        self._pause()
+        self._controls.pause()
         await workflow.wait_condition(lambda: not self._lanes.running)
         return self.status()
 
     @workflow.update
     def resume(self) -> StatusResult:
         """Resume polling and dispatching after ``pause``."""
-        self._resume()
+        self._controls.resume()
         return self.status()
 
     @workflow.update
@@ -187,7 +180,7 @@ class ConnectWorkflow:
 
         Returns at once with phase ``draining``; wait for the workflow result to know it finished.
         """
-        self._drain()
+        self._controls.drain()
         return self.status()
 
     @workflow.update
@@ -197,7 +190,7 @@ class ConnectWorkflow:
         The row is first checked with the platform (``check_cursor``): one the inbox does not hold is refused with
         a clear message. Rows older than the last settled one are never delivered again, even after a 410.
         """
-        await self._set_cursor(input)
+        await self._controls.set_cursor(input)
         return self.status()
 
     @set_cursor.validator
@@ -215,211 +208,90 @@ class ConnectWorkflow:
 
         A letter that failed at the reply stage only resends its stored reply, without running the backend again.
         """
-        return self._redrive(input)
+        return self._controls.redrive(input)
 
     @redrive.validator
     def validate_redrive(self, input: DeadLetterSelection) -> None:
         """Reject a row id that is not a dead letter."""
-        self._validate_selection(input)
+        self._controls.validate_selection(input)
 
     @workflow.update
     def discard(self, input: DeadLetterSelection) -> DeadLetterActionResult:
         """Forget dead letters (their rows stay settled)."""
-        return self._discard(input)
+        return self._controls.discard(input)
 
     @discard.validator
     def validate_discard(self, input: DeadLetterSelection) -> None:
         """Reject a row id that is not a dead letter."""
-        self._validate_selection(input)
+        self._controls.validate_selection(input)
 
     @workflow.update
     def configure(self, input: ConfigureInput) -> StatusResult:
         """Change settings (poll interval, concurrency, max attempts, ...); kept through continue-as-new."""
-        self._configure(input)
+        self._controls.configure(input)
         return self.status()
 
     @configure.validator
     def validate_configure(self, input: ConfigureInput) -> None:
         """Reject unknown settings and bad values with the first problem, before anything reaches history."""
-        self._merged_settings(input)
+        self._controls.merged_settings(input)
 
     @workflow.signal(name="pause")
     def pause_signal(self) -> None:
         """Signal twin of ``pause`` (does not wait for in-flight messages)."""
-        self._pause()
+        self._controls.pause()
 
     @workflow.signal(name="resume")
     def resume_signal(self) -> None:
         """Signal twin of ``resume``."""
-        self._resume()
+        self._controls.resume()
 
     @workflow.signal(name="drain")
     def drain_signal(self) -> None:
         """Signal twin of ``drain``."""
-        self._drain()
+        self._controls.drain()
 
     @workflow.signal(name="set_cursor")
     async def set_cursor_signal(self, input: SetCursorInput) -> None:
         """Signal twin of ``set_cursor``."""
-        await self._signal("set_cursor", lambda: self.validate_set_cursor(input), lambda: self._set_cursor(input))
+        await self._controls.signal(
+            "set_cursor", lambda: self.validate_set_cursor(input), lambda: self._controls.set_cursor(input)
+        )
 
     @workflow.signal(name="redrive")
     async def redrive_signal(self, input: DeadLetterSelection) -> None:
         """Signal twin of ``redrive``."""
-        await self._signal("redrive", lambda: self._validate_selection(input), lambda: self._redrive(input))
+        await self._controls.signal(
+            "redrive", lambda: self._controls.validate_selection(input), lambda: self._controls.redrive(input)
+        )
 
     @workflow.signal(name="discard")
     async def discard_signal(self, input: DeadLetterSelection) -> None:
         """Signal twin of ``discard``."""
-        await self._signal("discard", lambda: self._validate_selection(input), lambda: self._discard(input))
+        await self._controls.signal(
+            "discard", lambda: self._controls.validate_selection(input), lambda: self._controls.discard(input)
+        )
 
     @workflow.signal(name="configure")
     async def configure_signal(self, input: ConfigureInput) -> None:
         """Signal twin of ``configure``."""
-        await self._signal("configure", lambda: self._merged_settings(input), lambda: self._configure(input))
-
-    # --- what the controls do ----------------------------------------------------------------------------------
-
-    def _pause(self) -> None:
-        if not self._c.state.paused:
-            self._c.state.paused = True
-            workflow.logger.info("paused", extra=self._c.log())
-            self._c.control_changed()
-
-    def _resume(self) -> None:
-        if self._c.state.paused:
-            self._c.state.paused = False
-            workflow.logger.info("resumed", extra=self._c.log())
-            self._c.control_changed()
-            self._lanes.start()
-
-    def _drain(self) -> None:
-        c = self._c
-        if not c.draining:
-            c.draining = True
-            workflow.logger.info("draining", extra=c.log(pending=len(c.state.pending)))
-            c.control_changed()
-            self._lanes.start()
-
-    async def _set_cursor(self, input: SetCursorInput) -> None:
-        """Check the row with the platform (``check_cursor``), then move the cursor.
-
-        Raises:
-            ApplicationError: The platform does not know the row (or could not be asked).
-        """
-        c = self._c
-        if input.row_id != "latest" and c.v2:
-            try:
-                await calls.check_cursor(CheckCursorInput(target=c.target, row_id=input.row_id))
-            except ActivityError as err:
-                raise ApplicationError(calls.failure(err)[1], non_retryable=True) from None
-        c.state.cursor.set_by_operator(None if input.row_id == "latest" else RowPointer(row_id=input.row_id))
-        workflow.logger.info("cursor set to %s", input.row_id, extra=c.log())
-        c.control_changed()
-
-    def _redrive(self, input: DeadLetterSelection) -> DeadLetterActionResult:
-        letters = self._c.state.take_dead_letters(input.row_id)
-        self._c.state.redrive(letters)
-        workflow.logger.info("redrive %d dead letter(s)", len(letters), extra=self._c.log())
-        self._lanes.start()
-        return DeadLetterActionResult(count=len(letters), row_ids=[d.row_id for d in letters])
-
-    def _discard(self, input: DeadLetterSelection) -> DeadLetterActionResult:
-        letters = self._c.state.take_dead_letters(input.row_id)
-        workflow.logger.info("discarded %d dead letter(s)", len(letters), extra=self._c.log())
-        return DeadLetterActionResult(count=len(letters), row_ids=[d.row_id for d in letters])
-
-    def _configure(self, input: ConfigureInput) -> None:
-        self._c.settings = self._merged_settings(input)
-        workflow.logger.info("configured %s", sorted(input.changes), extra=self._c.log())
-        self._c.control_changed()
-        self._lanes.start()
-
-    def _validate_selection(self, input: DeadLetterSelection) -> None:
-        if input.row_id is not None and all(d.row_id != input.row_id for d in self._c.state.dead_letters):
-            raise ValueError(f"no dead letter with row id {input.row_id}")
-
-    def _merged_settings(self, input: ConfigureInput) -> ConnectSettings:
-        if not input.changes:
-            raise ValueError("nothing to configure: give at least one KEY=VALUE")
-        unknown = sorted(set(input.changes) - set(ConnectSettings.model_fields))
-        if unknown:
-            known = ", ".join(ConnectSettings.model_fields)
-            raise ValueError(f"unknown setting {unknown[0]!r} (known: {known})")
-        try:
-            return ConnectSettings.model_validate({**self._c.settings.model_dump(), **input.changes})
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ValueError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-
-    async def _signal(self, name: str, validate: Callable[[], object], apply: Callable[[], object]) -> None:
-        """Run a control signal: validate, then apply; a rejection is logged and listed in ``status``."""
-        try:
-            validate()
-            outcome = apply()
-            if isinstance(outcome, Awaitable):
-                await outcome
-        except (ValueError, ApplicationError) as err:
-            reason = f"signal {name} rejected: {err.message if isinstance(err, ApplicationError) else err}"
-            workflow.logger.warning(reason, extra=self._c.log())
-            c = self._c
-            c.rejected_signals = [*c.rejected_signals[-9:], f"{workflow.now().isoformat()} {reason}"]
+        await self._controls.signal(
+            "configure", lambda: self._controls.merged_settings(input), lambda: self._controls.configure(input)
+        )
 
     # --- queries -----------------------------------------------------------------------------------------------
 
     @workflow.query
     def status(self) -> StatusResult:
         """Phase, cursors, lanes, in-flight messages, dead letters and counters. A query: read-only, no history."""
-        c = self._c
-        state = c.state
-        reasons = [reason if reason.startswith(duty) else f"{duty}: {reason}" for duty, reason in c.blocked.items()]
-        if c.gone:
-            reasons.insert(0, f"workspace gone: {c.gone}")
-        return StatusResult(
-            workspace_id=c.target.workspace_id,
-            platform_url=c.target.platform_url,
-            backend=c.input.backend.name,
-            phase=c.phase,
-            blocked_reason="; ".join(reasons) or None,
-            seeded=state.cursor.seeded,
-            commit_cursor=state.cursor.commit,
-            fetch_cursor=state.cursor.fetch,
-            pending=len(state.pending),
-            lanes={lane: len(queue) for lane, queue in state.lane_queues().items()},
-            in_flight=list(c.in_flight.values()),
-            dead_letters=[_summary(d) for d in state.dead_letters[-STATUS_DEAD_LETTERS:]],
-            dead_letters_total=len(state.dead_letters),
-            dead_letters_evicted=state.dead_letters_evicted,
-            counters=state.counters.model_dump(),
-            heartbeat=c.heartbeat,
-            last_delivery_at=state.last_delivery_at,
-            last_error=state.last_error,
-            trouble=c.trouble,
-            outage=state.health.outage,
-            warnings=[*c.warnings, *c.rejected_signals],
-            settings=c.settings,
-        )
+        return self._c.status()
 
     @workflow.query
     def dead_letters(self, page: DeadLetterPage) -> DeadLetterList:
         """A page of the dead letters, oldest first (``status`` shows only the newest). A query: read-only."""
         letters = self._c.state.dead_letters
         chosen = letters[page.offset : page.offset + page.limit]
-        return DeadLetterList(total=len(letters), letters=[_summary(d) for d in chosen])
-
-
-def _summary(letter: DeadLetter) -> DeadLetterSummary:
-    return DeadLetterSummary(
-        row_id=letter.row_id,
-        message_id=letter.message_id,
-        lane=letter.lane,
-        source_id=letter.source_id,
-        stage=letter.stage,
-        error=letter.error,
-        attempts=letter.attempts,
-        first_failed_at=letter.first_failed_at,
-        dead_lettered_at=letter.dead_lettered_at,
-    )
+        return DeadLetterList(total=len(letters), letters=[summary(d) for d in chosen])
 
 
 __all__ = ["ConnectWorkflow"]

@@ -14,9 +14,20 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.messages import PlatformTarget, PlatformTrouble
-    from workflows.messages import ConnectInput, ConnectSettings, HeartbeatHealth, InFlight, Phase
+    from workflows.messages import (
+        ConnectInput,
+        ConnectSettings,
+        DeadLetterSummary,
+        HeartbeatHealth,
+        InFlight,
+        Phase,
+        StatusResult,
+    )
     from workflows.names import SEARCH_ATTRIBUTE_PHASE, SEARCH_ATTRIBUTE_WORKSPACE_ID
-    from workflows.state import ConnectState
+    from workflows.state import ConnectState, DeadLetter
+
+STATUS_DEAD_LETTERS = 20
+"""Dead letters listed by ``status`` (the newest); the ``dead_letters`` query pages through all."""
 
 PATCH_SESSION = "session-and-outages"
 """``workflow.patched`` id of the ``session`` activity, backend outages, the ping-pong guard counted on our side and
@@ -139,6 +150,37 @@ class Connector:
             f"dead letters {len(state.dead_letters)}"
         )
 
+    def status(self) -> StatusResult:
+        """The ``status`` query's answer: phase, cursors, lanes, in-flight messages, dead letters, counters."""
+        state = self.state
+        reasons = [reason if reason.startswith(duty) else f"{duty}: {reason}" for duty, reason in self.blocked.items()]
+        if self.gone:
+            reasons.insert(0, f"workspace gone: {self.gone}")
+        return StatusResult(
+            workspace_id=self.target.workspace_id,
+            platform_url=self.target.platform_url,
+            backend=self.input.backend.name,
+            phase=self.phase,
+            blocked_reason="; ".join(reasons) or None,
+            seeded=state.cursor.seeded,
+            commit_cursor=state.cursor.commit,
+            fetch_cursor=state.cursor.fetch,
+            pending=len(state.pending),
+            lanes={lane: len(queue) for lane, queue in state.lane_queues().items()},
+            in_flight=list(self.in_flight.values()),
+            dead_letters=[summary(d) for d in state.dead_letters[-STATUS_DEAD_LETTERS:]],
+            dead_letters_total=len(state.dead_letters),
+            dead_letters_evicted=state.dead_letters_evicted,
+            counters=state.counters.model_dump(),
+            heartbeat=self.heartbeat,
+            last_delivery_at=state.last_delivery_at,
+            last_error=state.last_error,
+            trouble=self.trouble,
+            outage=state.health.outage,
+            warnings=[*self.warnings, *self.rejected_signals],
+            settings=self.settings,
+        )
+
     def emit_metrics(self) -> None:
         """Export counter increases as ``molecule_connect_<counter>`` metrics, per workspace, and the gauges.
 
@@ -156,3 +198,18 @@ class Connector:
             int(self.state.health.down)
         )
         self.publish_details()
+
+
+def summary(letter: DeadLetter) -> DeadLetterSummary:
+    """A dead letter as ``status`` and the ``dead_letters`` query show it."""
+    return DeadLetterSummary(
+        row_id=letter.row_id,
+        message_id=letter.message_id,
+        lane=letter.lane,
+        source_id=letter.source_id,
+        stage=letter.stage,
+        error=letter.error,
+        attempts=letter.attempts,
+        first_failed_at=letter.first_failed_at,
+        dead_lettered_at=letter.dead_lettered_at,
+    )
