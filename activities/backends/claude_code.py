@@ -5,9 +5,9 @@ Contract (DESIGN.md §3):
 - The message text goes to ``claude -p`` on stdin; its stdout (minus one trailing newline) is the reply, one
   text part. ``-o args="--model sonnet --allowedTools Read"`` adds arguments, split like a shell line and
   passed as argv (never through a shell). The process discipline is the ``exec`` backend's
-  (:func:`~activities.backends.exec.run_in_group`): its own process group, killed (SIGTERM, ``-o grace``,
+  (:func:`~activities.backends.process.run.run_in_group`): its own process group, killed (SIGTERM, ``-o grace``,
   SIGKILL) on timeout (``-o timeout``, default 5 min) and on cancellation.
-- **Environment.** An allowlist (:mod:`activities.backends.environment`): the base variables every command gets
+- **Environment.** An allowlist (:mod:`activities.backends.process.environment`): the base variables every command gets
   (``PATH``, ``HOME``, ``USER``, ...), what Claude Code reads (:data:`CLAUDE_CODE_VARIABLES`: ``ANTHROPIC_*``,
   ``CLAUDE_CODE_*``, ``CLAUDE_CONFIG_DIR``, the proxy and CA variables), ``-o pass_env`` (e.g. ``AWS_*`` for
   Bedrock), and the ``MOLECULE_*`` message metadata unless ``-o env=false``. The worker's secrets never.
@@ -15,7 +15,7 @@ Contract (DESIGN.md §3):
   disabled API key, no credit, unknown model, unknown option or bad option value: :data:`CANNOT_RUN`, matched on
   stdout and stderr, where the real CLI prints them) raises :class:`BackendConfigError` with Claude's own words,
   which blocks the connector until fixed instead of dead-lettering every message. Any other non-zero exit is an
-  :class:`~activities.backends.exec.ExecFailedError` (retried) with the end of stderr, or of stdout when stderr
+  :class:`~activities.backends.process.run.ExecFailedError` (retried) with the end of stderr, or of stdout when stderr
   is empty. Values of secret-looking variables passed to Claude are removed from both.
 - **Sessions.** A conversation (the dispatch lane: ``contextId``, else the sender) maps to one Claude session
   whose id is deterministic: ``uuid5(SESSION_NAMESPACE, workspace_id + newline + lane)``, so any worker, before
@@ -58,16 +58,19 @@ from pydantic import field_validator, model_validator
 
 from activities.a2a import TextPart
 from activities.backends.base import BackendConfigError, BackendRequest, BackendResponse
-from activities.backends.environment import (
+from activities.backends.options import BackendOptions, Duration, parse_options
+from activities.backends.process import (
     BASE_VARIABLES,
     CLAUDE_CODE_VARIABLES,
     ChildEnvInfo,
+    ExecFailedError,
+    ProcessOutcome,
     child_env,
     parse_pass_env,
     redact,
+    run_in_group,
+    stdout_text,
 )
-from activities.backends.exec import ExecFailedError, ProcessOutcome, run_in_group, stdout_text
-from activities.backends.options import BackendOptions, Duration, parse_options
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from activities.a2a import A2AMessage, TextPart
 from activities.backends import create_backend
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
 from activities.backends.claude_code import MAX_SESSION_IDS, ClaudeCodeBackend, next_session_id, session_id
-from activities.backends.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, metadata_env
-from activities.backends.exec import ExecFailedError
+from activities.backends.process import ExecFailedError
+from activities.backends.process.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, metadata_env
 from tests.unit.commands import fake_claude as fake
 from tests.unit.commands.processes import process_running, wait_until
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from activities.backends import spawn as spawn_module
-from activities.backends.spawn import pidfd_supported, spawn
+from activities.backends.process import spawn as spawn_module
+from activities.backends.process.spawn import pidfd_supported, spawn
 from tests.unit.commands.processes import process_state
 
 _ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
