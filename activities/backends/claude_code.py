@@ -23,18 +23,18 @@ Contract (DESIGN.md §3):
   fails with ``Error: Session ID <id> is already in use.`` once Claude holds a transcript of that id in the
   project directory, and continues one with ``--resume <id>``, which fails with
   ``No conversation found with session ID: <id>`` when it holds none (or one without a conversation).
-- **Knowing "first".** A marker file per conversation under ``-o state_dir`` (default: the worker's state
-  directory, ``claude-code/sessions/<id>``) records that the session exists and which id it has, written after a
-  successful run. Marker present → ``--resume``; absent → ``--session-id``. The marker is only a hint that saves
-  a failed start; Claude's own answer decides: "already in use" (the worker died after Claude recorded the
-  session but before the marker was written, the state directory was lost, or Claude recorded the session of a
-  run that then failed, e.g. not logged in) is rerun with ``--resume``, and "No conversation found" (Claude's
-  storage was wiped, or ``-o cwd`` changed: Claude keeps sessions per project directory) with ``--session-id``.
-  When Claude refuses both for one id (a transcript cut short before its first message, e.g. Claude killed as
-  it started), the conversation moves on to the next id of a deterministic chain (:func:`next_session_id`), at
-  most :data:`MAX_SESSION_IDS` ids per message. All runs of a message share the one ``-o timeout``. So the choice
-  is correct across worker restarts and crashes; keep ``-o cwd`` stable for a conversation to continue.
-  ``-o sessions=false`` runs every message in a fresh session.
+- **Knowing "first".** A marker file per conversation under ``-o state_dir`` (default: the worker's state directory,
+  :mod:`activities.local_state`, ``claude-code/sessions/<id>``) records that the session exists and which id it has,
+  written after a successful run. Marker present → ``--resume``; absent → ``--session-id``. The marker is only a
+  hint that saves a failed start; Claude's own answer decides: "already in use" (the worker died after Claude
+  recorded the session but before the marker was written, the state directory was lost, or Claude recorded the
+  session of a run that then failed, e.g. not logged in) is rerun with ``--resume``, and "No conversation found"
+  (Claude's storage was wiped, or ``-o cwd`` changed: Claude keeps sessions per project directory) with
+  ``--session-id``. When Claude refuses both for one id (a transcript cut short before its first message, e.g.
+  Claude killed as it started), the conversation moves on to the next id of a deterministic chain
+  (:func:`next_session_id`), at most :data:`MAX_SESSION_IDS` ids per message. All runs of a message share the one
+  ``-o timeout``. So the choice is correct across worker restarts and crashes; keep ``-o cwd`` stable for a
+  conversation to continue. ``-o sessions=false`` runs every message in a fresh session.
 - The lanes of ``ConnectWorkflow`` run one conversation's messages in order, so one session is never resumed
   by two runs at once.
 """
@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator, model_validator
 
+from activities import local_state
 from activities.a2a import TextPart
 from activities.backends.base import BackendConfigError, BackendRequest, BackendResponse
 from activities.backends.options import BackendOptions, Duration, parse_options
@@ -440,9 +441,7 @@ def _marker_dir(configured: str | None) -> Path:
     if configured is not None:
         base = Path(configured).expanduser()
     else:
-        from worker.settings import state_dir
-
-        base = state_dir() / "claude-code"
+        base = local_state.state_dir() / "claude-code"
     markers = base / "sessions"
     try:
         markers.mkdir(mode=0o700, parents=True, exist_ok=True)

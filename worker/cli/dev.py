@@ -93,9 +93,9 @@ def dev_platform(
     """Serve the local platform (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
+    from activities.local_state import state_dir
     from devplatform.server import serve
     from devplatform.settings import PlatformSettings
-    from worker.settings import state_dir
 
     db_path = db if db is not None else state_dir() / "dev-platform.db"
     print(f"dev platform on http://{host}:{port} (db {db_path}, admin token from --admin-token)", file=sys.stderr)
