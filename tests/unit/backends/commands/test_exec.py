@@ -17,7 +17,7 @@ from activities.backends.exec import ExecBackend
 from activities.backends.process import ExecFailedError
 from activities.backends.process import run as process_run
 from activities.backends.process.environment import BASE_VARIABLES, metadata_env
-from tests.unit.commands.processes import process_running, wait_until
+from tests.unit.backends.commands.processes import process_running, wait_until
 
 
 def _request(text: str = "hello", *, source_id: str | None = "ws-peer", attempt: int = 1) -> BackendRequest:
