@@ -63,7 +63,6 @@ class FakePlatform:
         return orjson.loads(self.requests[index].content)
 
 
-
 def row_id(n: int) -> str:
     return str(uuid.UUID(int=n))
 
@@ -72,9 +71,7 @@ def at(n: int) -> datetime:
     return T0 + timedelta(seconds=n)
 
 
-def inbox_row(
-    n: int, *, text: str | None = None, source: str | None = PEER, **overrides: Any
-) -> dict[str, Any]:
+def inbox_row(n: int, *, text: str | None = None, source: str | None = PEER, **overrides: Any) -> dict[str, Any]:
     """An ``a2a_receive`` row as the platform stores it (PROTOCOL.md §4)."""
     row: dict[str, Any] = {
         "id": row_id(n),

@@ -66,9 +66,7 @@ async def test_headers_org_id_configured_is_sent(env: ActivityEnvironment) -> No
     assert [r.headers["X-Molecule-Org-Id"] for r in fake.requests] == ["org-42", "org-42"]
 
 
-@pytest.mark.parametrize(
-    "error", [LookupError("no token configured for ws"), KeyError("no token configured for ws")]
-)
+@pytest.mark.parametrize("error", [LookupError("no token configured for ws"), KeyError("no token configured for ws")])
 async def test_headers_missing_token_raises_token_missing_with_lookup_message(
     env: ActivityEnvironment, error: Exception
 ) -> None:

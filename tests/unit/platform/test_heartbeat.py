@@ -23,15 +23,11 @@ from tests.unit.platform.fake_platform import (
 )
 
 
-async def test_heartbeat_posts_repeatedly_until_run_for_s(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_heartbeat_posts_repeatedly_until_run_for_s(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.default = lambda request: httpx.Response(200, json={"status": "ok"})
     details: list[tuple[Any, ...]] = []
     env.on_heartbeat = lambda *args: details.append(args)
-    result = await env.run(
-        platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=0.05)
-    )
+    result = await env.run(platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=0.05))
     assert result.beats >= 2
     assert result.failures == 0
     assert len(platform.requests) == result.beats
@@ -80,22 +76,16 @@ async def test_heartbeat_after_503_retries_within_interval(
     assert slept == delays
 
 
-async def test_heartbeat_503_then_200_keeps_the_duty_going(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_heartbeat_503_then_200_keeps_the_duty_going(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(httpx.Response(503))
     platform.default = lambda request: httpx.Response(200, json={"status": "ok"})
-    result = await env.run(
-        platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=0.5)
-    )
+    result = await env.run(platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=0.5))
     assert result.failures == 1
     assert result.beats >= 1
     assert len(platform.requests) == result.beats + result.failures
 
 
-async def test_heartbeat_network_error_is_counted_not_raised(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_heartbeat_network_error_is_counted_not_raised(platform: FakePlatform, env: ActivityEnvironment) -> None:
     def timeout(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
 
@@ -106,9 +96,7 @@ async def test_heartbeat_network_error_is_counted_not_raised(
 
 async def test_heartbeat_401_raises_auth(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(httpx.Response(200, json={"status": "ok"}), httpx.Response(401, json={"error": "invalid"}))
-    err = await raises(
-        env.run(platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=60))
-    )
+    err = await raises(env.run(platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=60)))
     assert err.type == ErrorType.AUTH
     assert err.non_retryable
     assert len(platform.requests) == 2
@@ -116,7 +104,5 @@ async def test_heartbeat_401_raises_auth(platform: FakePlatform, env: ActivityEn
 
 async def test_heartbeat_404_raises_gone(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(httpx.Response(404))
-    err = await raises(
-        env.run(platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=60))
-    )
+    err = await raises(env.run(platform.acts.heartbeat, HeartbeatInput(target=TARGET, interval_s=0.01, run_for_s=60)))
     assert err.type == ErrorType.GONE

@@ -34,15 +34,11 @@ from tests.unit.platform.fake_platform import (
 # --- poll: with a cursor ------------------------------------------------------------------------------------
 
 
-async def test_poll_cursor_sends_since_id_type_and_limit(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_cursor_sends_since_id_type_and_limit(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(rows_answer(inbox_row(2), inbox_row(3)))
     heartbeats: list[tuple[Any, ...]] = []
     env.on_heartbeat = lambda *args: heartbeats.append(args)
-    result = await env.run(
-        platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1)), limit=50)
-    )
+    result = await env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1)), limit=50))
     (request,) = platform.requests
     assert request.method == "GET"
     assert request.url.path == f"/workspaces/{WS}/activity"
@@ -55,9 +51,7 @@ async def test_poll_cursor_sends_since_id_type_and_limit(
     assert heartbeats == [(1,)]
 
 
-async def test_poll_empty_inbox_returns_empty_after_max_wait(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_empty_inbox_returns_empty_after_max_wait(platform: FakePlatform, env: ActivityEnvironment) -> None:
     result = await env.run(
         platform.acts.poll,
         PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1)), poll_interval_s=0.01, max_wait_s=0.05),
@@ -68,9 +62,7 @@ async def test_poll_empty_inbox_returns_empty_after_max_wait(
     assert all(params_of(r)["since_id"] == row_id(1) for r in platform.requests)
 
 
-async def test_poll_rows_arriving_later_end_the_long_poll(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_rows_arriving_later_end_the_long_poll(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(rows_answer(), rows_answer(), rows_answer(inbox_row(2)))
     result = await env.run(
         platform.acts.poll,
@@ -80,9 +72,7 @@ async def test_poll_rows_arriving_later_end_the_long_poll(
     assert result.polls == 3
 
 
-async def test_poll_only_skip_rows_are_still_returned(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_only_skip_rows_are_still_returned(platform: FakePlatform, env: ActivityEnvironment) -> None:
     """Skipped rows must reach the workflow so the cursor moves past them."""
     platform.then(rows_answer(inbox_row(2, method="notify", source=None)))
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1))))
@@ -98,9 +88,7 @@ async def test_poll_rows_without_id_are_dropped(platform: FakePlatform, env: Act
 # --- poll: cold start ---------------------------------------------------------------------------------------
 
 
-async def test_poll_cold_start_latest_seeds_at_newest_row(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_cold_start_latest_seeds_at_newest_row(platform: FakePlatform, env: ActivityEnvironment) -> None:
     """Without a cursor the platform answers newest first; the seed is that first row; none delivered."""
     platform.then(rows_answer(inbox_row(3), inbox_row(2), inbox_row(1)))
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, start_from="latest"))
@@ -114,9 +102,7 @@ async def test_poll_cold_start_latest_seeds_at_newest_row(
     assert not result.cursor_reset
 
 
-async def test_poll_cold_start_latest_empty_inbox_seeds_none(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_cold_start_latest_empty_inbox_seeds_none(platform: FakePlatform, env: ActivityEnvironment) -> None:
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, start_from="latest", max_wait_s=60))
     assert result.seed is None
     assert result.cold_start_done
@@ -124,30 +110,22 @@ async def test_poll_cold_start_latest_empty_inbox_seeds_none(
     assert len(platform.requests) == 1
 
 
-async def test_poll_cold_start_backlog_delivers_oldest_first(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_cold_start_backlog_delivers_oldest_first(platform: FakePlatform, env: ActivityEnvironment) -> None:
     """PROTOCOL.md §9.4: a DESC batch must be reversed before dispatch."""
     platform.then(rows_answer(inbox_row(3), inbox_row(2), inbox_row(1)))
-    result = await env.run(
-        platform.acts.poll, PollInput(target=TARGET, start_from="backlog", backlog_limit=3)
-    )
+    result = await env.run(platform.acts.poll, PollInput(target=TARGET, start_from="backlog", backlog_limit=3))
     assert params_of(platform.requests[0]) == {"type": "a2a_receive", "limit": "3"}
     assert [r.row_id for r in result.rows] == [row_id(1), row_id(2), row_id(3)]
     assert result.cold_start_done
     assert result.seed is None
 
 
-async def test_poll_cold_start_backlog_limit_is_capped(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_cold_start_backlog_limit_is_capped(platform: FakePlatform, env: ActivityEnvironment) -> None:
     await env.run(platform.acts.poll, PollInput(target=TARGET, start_from="backlog", backlog_limit=10_000))
     assert params_of(platform.requests[0])["limit"] == str(RESET_READ_LIMIT)
 
 
-async def test_poll_cold_start_backlog_empty_inbox_is_done(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_cold_start_backlog_empty_inbox_is_done(platform: FakePlatform, env: ActivityEnvironment) -> None:
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, start_from="backlog", max_wait_s=60))
     assert result.rows == [] and result.cold_start_done
     assert len(platform.requests) == 1
@@ -201,9 +179,7 @@ async def test_poll_cursor_410_on_empty_inbox_still_reports_reset(
     assert result.rows == [] and result.cursor_reset
 
 
-async def test_poll_non_uuid_cursor_resets_without_sending_it(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_non_uuid_cursor_resets_without_sending_it(platform: FakePlatform, env: ActivityEnvironment) -> None:
     """A non-UUID since_id gets a 500 on every poll (PROTOCOL.md §3.3), so it is never sent."""
     platform.then(rows_answer(inbox_row(3), inbox_row(2), inbox_row(1)))
     cursor = RowPointer(row_id="row-42", created_at=at(2))
@@ -215,13 +191,9 @@ async def test_poll_non_uuid_cursor_resets_without_sending_it(
     assert result.cursor_reset
 
 
-async def test_poll_429_raises_transient_with_retry_after(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_429_raises_transient_with_retry_after(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(httpx.Response(429, json={"error": "rate limited"}, headers={"Retry-After": "7"}))
-    err = await raises(
-        env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1))))
-    )
+    err = await raises(env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1)))))
     assert err.type == ErrorType.TRANSIENT
     assert not err.non_retryable
     assert err.next_retry_delay == timedelta(seconds=7)
@@ -236,9 +208,7 @@ async def test_poll_error_status_raises_its_class(
     platform: FakePlatform, env: ActivityEnvironment, status: int, error_type: ErrorType
 ) -> None:
     platform.then(httpx.Response(status))
-    err = await raises(
-        env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1))))
-    )
+    err = await raises(env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1)))))
     assert err.type == error_type
 
 
@@ -249,13 +219,9 @@ async def test_poll_404_on_cold_start_raises_gone(platform: FakePlatform, env: A
     assert err.type == ErrorType.GONE
 
 
-async def test_poll_non_array_answer_raises_transient(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_poll_non_array_answer_raises_transient(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(httpx.Response(200, json={"rows": []}))
-    err = await raises(
-        env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1))))
-    )
+    err = await raises(env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1)))))
     assert err.type == ErrorType.TRANSIENT
 
 
@@ -264,9 +230,7 @@ async def test_poll_network_error_raises_transient(platform: FakePlatform, env: 
         raise httpx.ConnectError("refused", request=request)
 
     platform.then(refuse)
-    err = await raises(
-        env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1))))
-    )
+    err = await raises(env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1)))))
     assert err.type == ErrorType.TRANSIENT
 
 

@@ -22,9 +22,7 @@ from tests.unit.platform.fake_platform import (
 
 
 async def test_register_posts_poll_mode_agent_card(platform: FakePlatform, env: ActivityEnvironment) -> None:
-    platform.then(
-        httpx.Response(200, json={"status": "registered", "delivery_mode": "poll", "auth_token": "boot"})
-    )
+    platform.then(httpx.Response(200, json={"status": "registered", "delivery_mode": "poll", "auth_token": "boot"}))
     result = await env.run(platform.acts.register, RegisterInput(target=TARGET, agent_name="my-agent"))
     (request,) = platform.requests
     assert request.method == "POST"
@@ -44,9 +42,7 @@ async def test_register_posts_poll_mode_agent_card(platform: FakePlatform, env: 
     assert "boot" not in result.model_dump_json()
 
 
-async def test_register_empty_answer_defaults_to_poll(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_register_empty_answer_defaults_to_poll(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(httpx.Response(200))
     assert (await env.run(platform.acts.register, RegisterInput(target=TARGET))).delivery_mode == "poll"
 
@@ -68,9 +64,7 @@ async def test_register_503_raises_transient(platform: FakePlatform, env: Activi
     assert err.next_retry_delay == timedelta(seconds=15)
 
 
-async def test_register_network_error_raises_transient(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_register_network_error_raises_transient(platform: FakePlatform, env: ActivityEnvironment) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 

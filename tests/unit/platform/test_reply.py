@@ -40,9 +40,7 @@ async def test_reply_to_peer_posts_new_message_send(platform: FakePlatform, env:
     raw["request_body"]["params"]["message"]["taskId"] = "task-1"
     raw["request_body"]["params"]["message"]["metadata"] = {"auto_reply_depth": 2}
     row = row_to_polled(raw)
-    result = await env.run(
-        platform.acts.reply, ReplyInput(target=TARGET, row=row, parts=[TextPart(text="pong")])
-    )
+    result = await env.run(platform.acts.reply, ReplyInput(target=TARGET, row=row, parts=[TextPart(text="pong")]))
     (request,) = platform.requests
     expected_id = reply_message_id(WS, row_id(1))
     assert request.method == "POST"
@@ -75,9 +73,7 @@ async def test_reply_to_peer_posts_new_message_send(platform: FakePlatform, env:
     assert result.message_id == expected_id
 
 
-async def test_reply_to_peer_retry_sends_same_message_id(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_reply_to_peer_retry_sends_same_message_id(platform: FakePlatform, env: ActivityEnvironment) -> None:
     """A retried reply is byte-identical, so the platform stores it once (PROTOCOL.md §3.4)."""
     reply = ReplyInput(target=TARGET, row=peer_row(), parts=[TextPart(text="pong")])
     first = await env.run(platform.acts.reply, reply)
@@ -87,12 +83,8 @@ async def test_reply_to_peer_retry_sends_same_message_id(
 
 
 async def test_reply_to_peer_differs_per_row(platform: FakePlatform, env: ActivityEnvironment) -> None:
-    one = await env.run(
-        platform.acts.reply, ReplyInput(target=TARGET, row=peer_row(1), parts=[TextPart(text="a")])
-    )
-    two = await env.run(
-        platform.acts.reply, ReplyInput(target=TARGET, row=peer_row(2), parts=[TextPart(text="a")])
-    )
+    one = await env.run(platform.acts.reply, ReplyInput(target=TARGET, row=peer_row(1), parts=[TextPart(text="a")]))
+    two = await env.run(platform.acts.reply, ReplyInput(target=TARGET, row=peer_row(2), parts=[TextPart(text="a")]))
     assert one.message_id != two.message_id
 
 
@@ -102,9 +94,7 @@ async def test_reply_to_peer_error_reply_is_marked(platform: FakePlatform, env: 
     assert platform.body()["params"]["message"]["metadata"]["error"] is True
 
 
-async def test_reply_to_peer_malformed_row_has_no_context(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_reply_to_peer_malformed_row_has_no_context(platform: FakePlatform, env: ActivityEnvironment) -> None:
     row = peer_row(request_body={"method": "message/send", "params": {"message": {"content": 1}}})
     assert row.outcome == "malformed"
     reply = ReplyInput(target=TARGET, row=row, parts=[TextPart(text="cannot read")], is_error=True)
@@ -136,9 +126,7 @@ async def test_reply_to_canvas_posts_notify(platform: FakePlatform, env: Activit
     assert result.message_id is None
 
 
-async def test_reply_to_canvas_file_parts_become_attachments(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_reply_to_canvas_file_parts_become_attachments(platform: FakePlatform, env: ActivityEnvironment) -> None:
     parts = [
         TextPart(text="see attached"),
         FilePart(file=FileContent(uri="workspace:r.pdf", name="r.pdf", mime_type="application/pdf")),
@@ -155,9 +143,7 @@ async def test_reply_to_canvas_file_parts_become_attachments(
     }
 
 
-async def test_reply_to_canvas_without_text_sends_placeholder(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_reply_to_canvas_without_text_sends_placeholder(platform: FakePlatform, env: ActivityEnvironment) -> None:
     """The platform answers 400 "message is required" to an empty message (PROTOCOL.md §3.5)."""
     await env.run(
         platform.acts.reply,
@@ -166,9 +152,7 @@ async def test_reply_to_canvas_without_text_sends_placeholder(
     assert platform.body() == {"message": "(no text)"}
 
 
-async def test_reply_to_peer_404_is_permanent_not_gone(
-    platform: FakePlatform, env: ActivityEnvironment
-) -> None:
+async def test_reply_to_peer_404_is_permanent_not_gone(platform: FakePlatform, env: ActivityEnvironment) -> None:
     platform.then(httpx.Response(404, json={"error": "workspace not found"}))
     err = await raises(
         env.run(platform.acts.reply, ReplyInput(target=TARGET, row=peer_row(), parts=[TextPart(text="x")]))
