@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -13,10 +15,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.a2a import DataPart, FileContent, FilePart, TextPart, reply_message_id
 from activities.errors import ErrorType
 from activities.inbox import row_to_polled
-from activities.messages import (
-    PolledRow,
-    ReplyInput,
-)
+from activities.messages import PolledRow, ReplyInput, ReplyResult
 from tests.unit.platform.fake_platform import (
     PEER,
     TARGET,
@@ -25,8 +24,10 @@ from tests.unit.platform.fake_platform import (
     WS,
     FakePlatform,
     inbox_row,
+    params_of,
     raises,
     row_id,
+    rows_answer,
 )
 
 
@@ -191,3 +192,96 @@ async def test_reply_429_carries_retry_after(platform: FakePlatform, env: Activi
     )
     assert err.type == ErrorType.TRANSIENT
     assert err.next_retry_delay == timedelta(seconds=3)
+
+
+# --- a canvas reply an earlier attempt may have delivered (notify has no messageId) ----------------------------
+
+
+def notify_echo(n: int, text: str, created_at: datetime, **overrides: Any) -> dict[str, Any]:
+    """The row the platform writes into our own inbox for each notify (docs/protocol.md §3.5)."""
+    fields: dict[str, Any] = {
+        "source_id": None,
+        "method": "notify",
+        "summary": "notify → canvas",
+        "request_body": {"message": text},
+        "response_body": {"result": text},
+        "created_at": created_at.isoformat().replace("+00:00", "Z"),
+        **overrides,
+    }
+    return inbox_row(n, **fields)
+
+
+async def test_reply_to_canvas_attempted_with_echo_row_found_is_not_sent_again(
+    platform: FakePlatform, env: ActivityEnvironment
+) -> None:
+    """The reply sent with the dispatch may have reached the platform: its echo row says it did."""
+    attempted = datetime.now(UTC) - timedelta(seconds=5)
+    platform.then(rows_answer(inbox_row(9), notify_echo(8, "pong", attempted + timedelta(seconds=1))))
+    reply = ReplyInput(target=TARGET, row=peer_row(source=None), parts=[TextPart(text="pong")], attempted_at=attempted)
+
+    result = await env.run(platform.acts.reply, reply)
+
+    assert result == ReplyResult(destination="canvas", deduplicated=True)
+    (request,) = platform.requests
+    assert request.method == "GET"
+    assert request.url.path == f"/workspaces/{WS}/activity"
+    params = params_of(request)
+    assert (params["type"], params["limit"]) == ("a2a_receive", "100")
+    assert int(params["since_secs"]) >= 5 + 2 * 10  # since the attempt, with the clock skew allowed on both sides
+
+
+@pytest.mark.parametrize(
+    "inbox",
+    [
+        lambda attempted: [],
+        lambda attempted: [notify_echo(8, "another reply", attempted + timedelta(seconds=1))],
+        lambda attempted: [notify_echo(8, "pong", attempted - timedelta(seconds=11))],
+        lambda attempted: [notify_echo(8, "pong", attempted + timedelta(seconds=1), method="message/send")],
+    ],
+    ids=["empty", "other-text", "before-the-attempt", "not-a-notify"],
+)
+async def test_reply_to_canvas_attempted_without_echo_row_is_sent(
+    platform: FakePlatform, env: ActivityEnvironment, inbox: Callable[[datetime], list[dict[str, Any]]]
+) -> None:
+    attempted = datetime.now(UTC) - timedelta(seconds=5)
+    platform.then(rows_answer(*inbox(attempted)), httpx.Response(200, json={"status": "sent"}))
+    reply = ReplyInput(target=TARGET, row=peer_row(source=None), parts=[TextPart(text="pong")], attempted_at=attempted)
+
+    result = await env.run(platform.acts.reply, reply)
+
+    assert result == ReplyResult(destination="canvas", deduplicated=False)
+    search, send = platform.requests
+    assert (search.method, search.url.path) == ("GET", f"/workspaces/{WS}/activity")
+    assert (send.method, send.url.path) == ("POST", f"/workspaces/{WS}/notify")
+    assert platform.body() == {"message": "pong"}
+
+
+async def test_reply_to_canvas_retry_attempt_looks_for_echo_since_first_scheduled(
+    platform: FakePlatform, env: ActivityEnvironment
+) -> None:
+    """A retry of ``reply`` itself (attempt 2) may follow a notify that was sent but whose answer was lost."""
+    scheduled = datetime.now(UTC) - timedelta(seconds=5)
+    env.info = dataclasses.replace(env.info, attempt=2, scheduled_time=scheduled)
+    platform.then(rows_answer(notify_echo(8, "pong", scheduled + timedelta(seconds=1))))
+    reply = ReplyInput(target=TARGET, row=peer_row(source=None), parts=[TextPart(text="pong")])
+
+    result = await env.run(platform.acts.reply, reply)
+
+    assert result.deduplicated
+    (request,) = platform.requests
+    assert request.method == "GET"
+
+
+async def test_reply_to_peer_attempted_is_sent_without_looking_for_echo(
+    platform: FakePlatform, env: ActivityEnvironment
+) -> None:
+    """A peer reply is deduplicated by the platform on its messageId: it is simply sent again."""
+    platform.then(httpx.Response(200, json={"status": "queued"}))
+    attempted = datetime.now(UTC) - timedelta(seconds=5)
+    reply = ReplyInput(target=TARGET, row=peer_row(), parts=[TextPart(text="pong")], attempted_at=attempted)
+
+    result = await env.run(platform.acts.reply, reply)
+
+    assert (result.destination, result.deduplicated) == ("peer", False)
+    (request,) = platform.requests
+    assert (request.method, request.url.path) == ("POST", f"/workspaces/{PEER}/a2a")
