@@ -12,6 +12,7 @@ Modules:
 - ``budget``: the per-process request budget per platform and the idle poll backoff.
 - ``probe``: the startup capability probe (docs/protocol.md §3.3).
 - ``backends/``: what answers a message (``echo``, ``exec``, ``claude-code``, ``http``, plugins).
+- ``local_state``: the state directory of this machine (``MOLECULE_CONNECT_STATE_DIR``, else the user's state dir).
 
 Contract:
 

@@ -220,6 +220,19 @@ class PolledRow(Model):
         """This row as a cursor position."""
         return RowPointer(row_id=self.row_id, created_at=self.created_at)
 
+    @property
+    def lane(self) -> str:
+        """The conversation this row belongs to (docs/protocol.md §7); a lane's messages are delivered in order.
+
+        Returns:
+            ``ctx:<contextId>``, else ``peer:<sender workspace id>``, else ``canvas``.
+        """
+        if self.message is not None and self.message.context_id:
+            return f"ctx:{self.message.context_id}"
+        if self.source_id:
+            return f"peer:{self.source_id}"
+        return "canvas"
+
 
 class PollResult(Model):
     """Result of ``poll``: rows oldest first, and how the cursor moved."""

@@ -23,8 +23,6 @@ import opentelemetry.context
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from workflows.state import lane_of
-
 if TYPE_CHECKING:
     from activities.messages import DispatchInput, PolledRow
 
@@ -100,7 +98,7 @@ def message_attributes(workspace_id: str, row: PolledRow, lane: str | None = Non
     return {
         WORKSPACE_ID: workspace_id,
         ROW_ID: row.row_id,
-        LANE: (lane if lane is not None else lane_of(row))[:MAX_LANE_CHARS],
+        LANE: (lane if lane is not None else row.lane)[:MAX_LANE_CHARS],
     }
 
 

@@ -3,7 +3,7 @@
     python -m benchmarks.spawn_cost [--spawns 300] [--heaps 50,300]
 
 For each event loop (asyncio, uvloop) × heap (MiB of touched memory held by the process, standing in for a big
-worker) × spawner (``asyncio.create_subprocess_exec``, the loop's own; :func:`activities.backends.spawn.spawn`,
+worker) × spawner (``asyncio.create_subprocess_exec``, the loop's own; :func:`activities.backends.process.spawn.spawn`,
 the connector's), a fresh Python process runs ``cat`` ``--spawns`` times, 10 at a time, each fed and drained through
 its pipes, and reports wall time per spawn and its own user and system CPU per spawn (``getrusage``). Children's CPU
 is not counted: what matters is what the worker's loop pays. Prints a markdown table.
@@ -24,7 +24,7 @@ LOOPS = ("asyncio", "uvloop")
 
 
 async def _measure(spawner: str, spawns: int) -> dict[str, float]:
-    from activities.backends.spawn import spawn
+    from activities.backends.process.spawn import spawn
 
     env = {"PATH": "/usr/bin:/bin"}
 

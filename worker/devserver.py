@@ -195,7 +195,7 @@ async def ensure_embedded_server(
     are ensured, since a database created by an older version may lack them.
 
     Args:
-        state_dir: Existing directory for the lock, record, database and log (see `settings.state_dir`).
+        state_dir: Existing directory for the lock, record, database and log (see `activities.local_state.state_dir`).
         namespace: Namespace the caller will use; created when missing.
         startup_timeout: How long a new server may take to answer (the lock wait allows for it too).
 

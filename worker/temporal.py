@@ -35,7 +35,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from worker import settings
+from activities import local_state
 from worker.devserver import LOG_FILE, EmbeddedServer, EmbeddedServerError, ensure_embedded_server
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ async def connect_client(
 
     Args:
         environ: Environment holding the `TEMPORAL_*` variables (module docstring), `os.environ` by default.
-        state_dir: State directory for the embedded server; `settings.state_dir(environ)` when None.
+        state_dir: State directory for the embedded server; `local_state.state_dir(environ)` when None.
         data_converter: Converter for the client; pydantic models become ordinary JSON payloads by default.
         connect_timeout: Limit for establishing the connection.
         runtime: SDK runtime, e.g. one exporting Prometheus metrics; the default runtime when None.
@@ -217,7 +217,7 @@ async def _connect_embedded(
     runtime: Runtime | None,
 ) -> ConnectedClient:
     namespace = environ.get("TEMPORAL_NAMESPACE") or "default"
-    directory = state_dir if state_dir is not None else settings.state_dir(environ)
+    directory = state_dir if state_dir is not None else local_state.state_dir(environ)
     try:
         server = await ensure_embedded_server(directory, namespace=namespace)
     except EmbeddedServerError as exc:

@@ -38,11 +38,7 @@ SettleReason = Literal["replied", "skipped", "dead_lettered", "duplicate", "disc
 
 def lane_of(row: PolledRow) -> str:
     """The conversation a row belongs to (PROTOCOL.md §7): ``contextId``, else the sender, else ``canvas``."""
-    if row.message is not None and row.message.context_id:
-        return f"ctx:{row.message.context_id}"
-    if row.source_id:
-        return f"peer:{row.source_id}"
-    return "canvas"
+    return row.lane
 
 
 class StateModel(BaseModel):

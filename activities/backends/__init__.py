@@ -9,8 +9,8 @@ Modules:
 - ``exec``: runs a command per message, text (or the JSON request) on stdin and stdout as the reply.
 - ``claude_code``: ``claude -p`` per message, one Claude session per conversation.
 - ``http``: forwards each message to an A2A v0.3 agent (``message/send``) and relays its Message or Task.
-- ``environment``: the environment of a command: an allowlist, ``-o pass_env``, never a worker secret.
-- ``process_group``: ends a command's whole process group (SIGTERM, grace, SIGKILL).
+- ``process``: the process code under ``exec`` and ``claude-code``: spawning, process groups, running a command to
+  its end, and its environment (an allowlist, ``-o pass_env``, never a worker secret).
 
 Contract:
 

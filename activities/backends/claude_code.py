@@ -5,9 +5,9 @@ Contract (DESIGN.md §3):
 - The message text goes to ``claude -p`` on stdin; its stdout (minus one trailing newline) is the reply, one
   text part. ``-o args="--model sonnet --allowedTools Read"`` adds arguments, split like a shell line and
   passed as argv (never through a shell). The process discipline is the ``exec`` backend's
-  (:func:`~activities.backends.exec.run_in_group`): its own process group, killed (SIGTERM, ``-o grace``,
+  (:func:`~activities.backends.process.run.run_in_group`): its own process group, killed (SIGTERM, ``-o grace``,
   SIGKILL) on timeout (``-o timeout``, default 5 min) and on cancellation.
-- **Environment.** An allowlist (:mod:`activities.backends.environment`): the base variables every command gets
+- **Environment.** An allowlist (:mod:`activities.backends.process.environment`): the base variables every command gets
   (``PATH``, ``HOME``, ``USER``, ...), what Claude Code reads (:data:`CLAUDE_CODE_VARIABLES`: ``ANTHROPIC_*``,
   ``CLAUDE_CODE_*``, ``CLAUDE_CONFIG_DIR``, the proxy and CA variables), ``-o pass_env`` (e.g. ``AWS_*`` for
   Bedrock), and the ``MOLECULE_*`` message metadata unless ``-o env=false``. The worker's secrets never.
@@ -15,7 +15,7 @@ Contract (DESIGN.md §3):
   disabled API key, no credit, unknown model, unknown option or bad option value: :data:`CANNOT_RUN`, matched on
   stdout and stderr, where the real CLI prints them) raises :class:`BackendConfigError` with Claude's own words,
   which blocks the connector until fixed instead of dead-lettering every message. Any other non-zero exit is an
-  :class:`~activities.backends.exec.ExecFailedError` (retried) with the end of stderr, or of stdout when stderr
+  :class:`~activities.backends.process.run.ExecFailedError` (retried) with the end of stderr, or of stdout when stderr
   is empty. Values of secret-looking variables passed to Claude are removed from both.
 - **Sessions.** A conversation (the dispatch lane: ``contextId``, else the sender) maps to one Claude session
   whose id is deterministic: ``uuid5(SESSION_NAMESPACE, workspace_id + newline + lane)``, so any worker, before
@@ -23,18 +23,18 @@ Contract (DESIGN.md §3):
   fails with ``Error: Session ID <id> is already in use.`` once Claude holds a transcript of that id in the
   project directory, and continues one with ``--resume <id>``, which fails with
   ``No conversation found with session ID: <id>`` when it holds none (or one without a conversation).
-- **Knowing "first".** A marker file per conversation under ``-o state_dir`` (default: the worker's state
-  directory, ``claude-code/sessions/<id>``) records that the session exists and which id it has, written after a
-  successful run. Marker present → ``--resume``; absent → ``--session-id``. The marker is only a hint that saves
-  a failed start; Claude's own answer decides: "already in use" (the worker died after Claude recorded the
-  session but before the marker was written, the state directory was lost, or Claude recorded the session of a
-  run that then failed, e.g. not logged in) is rerun with ``--resume``, and "No conversation found" (Claude's
-  storage was wiped, or ``-o cwd`` changed: Claude keeps sessions per project directory) with ``--session-id``.
-  When Claude refuses both for one id (a transcript cut short before its first message, e.g. Claude killed as
-  it started), the conversation moves on to the next id of a deterministic chain (:func:`next_session_id`), at
-  most :data:`MAX_SESSION_IDS` ids per message. All runs of a message share the one ``-o timeout``. So the choice
-  is correct across worker restarts and crashes; keep ``-o cwd`` stable for a conversation to continue.
-  ``-o sessions=false`` runs every message in a fresh session.
+- **Knowing "first".** A marker file per conversation under ``-o state_dir`` (default: the worker's state directory,
+  :mod:`activities.local_state`, ``claude-code/sessions/<id>``) records that the session exists and which id it has,
+  written after a successful run. Marker present → ``--resume``; absent → ``--session-id``. The marker is only a
+  hint that saves a failed start; Claude's own answer decides: "already in use" (the worker died after Claude
+  recorded the session but before the marker was written, the state directory was lost, or Claude recorded the
+  session of a run that then failed, e.g. not logged in) is rerun with ``--resume``, and "No conversation found"
+  (Claude's storage was wiped, or ``-o cwd`` changed: Claude keeps sessions per project directory) with
+  ``--session-id``. When Claude refuses both for one id (a transcript cut short before its first message, e.g.
+  Claude killed as it started), the conversation moves on to the next id of a deterministic chain
+  (:func:`next_session_id`), at most :data:`MAX_SESSION_IDS` ids per message. All runs of a message share the one
+  ``-o timeout``. So the choice is correct across worker restarts and crashes; keep ``-o cwd`` stable for a
+  conversation to continue. ``-o sessions=false`` runs every message in a fresh session.
 - The lanes of ``ConnectWorkflow`` run one conversation's messages in order, so one session is never resumed
   by two runs at once.
 """
@@ -56,18 +56,22 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator, model_validator
 
+from activities import local_state
 from activities.a2a import TextPart
 from activities.backends.base import BackendConfigError, BackendRequest, BackendResponse
-from activities.backends.environment import (
+from activities.backends.options import BackendOptions, Duration, parse_options
+from activities.backends.process import (
     BASE_VARIABLES,
     CLAUDE_CODE_VARIABLES,
     ChildEnvInfo,
+    ExecFailedError,
+    ProcessOutcome,
     child_env,
     parse_pass_env,
     redact,
+    run_in_group,
+    stdout_text,
 )
-from activities.backends.exec import ExecFailedError, ProcessOutcome, run_in_group, stdout_text
-from activities.backends.options import BackendOptions, Duration, parse_options
 
 logger = logging.getLogger(__name__)
 
@@ -437,9 +441,7 @@ def _marker_dir(configured: str | None) -> Path:
     if configured is not None:
         base = Path(configured).expanduser()
     else:
-        from worker.settings import state_dir
-
-        base = state_dir() / "claude-code"
+        base = local_state.state_dir() / "claude-code"
     markers = base / "sessions"
     try:
         markers.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ A plugin distribution registers a backend in its ``pyproject.toml``::
 The entry point resolves to a factory ``(options: Mapping[str, str]) -> Backend``, or a class with that
 constructor. For ``available_backends()`` it may also carry ``summary: str``, ``options_model`` (a
 pydantic model whose fields are its options) and ``child_env_info`` (a
-:class:`~activities.backends.environment.ChildEnvInfo`, when it runs a command), as the built-ins do; all are
+:class:`~activities.backends.process.environment.ChildEnvInfo`, when it runs a command), as the built-ins do; all are
 optional. Built-in names win over
 plugins, and among plugins with one name the first on ``sys.path`` wins; the losers are logged and ignored.
 """
@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict
 from activities.backends.base import Backend, BackendConfigError
 from activities.backends.claude_code import ClaudeCodeBackend
 from activities.backends.echo import EchoBackend
-from activities.backends.environment import ChildEnvInfo
 from activities.backends.exec import ExecBackend
 from activities.backends.http import HttpBackend
 from activities.backends.options import OptionInfo, describe_options
+from activities.backends.process import ChildEnvInfo
 
 logger = logging.getLogger(__name__)
 

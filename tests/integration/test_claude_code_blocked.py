@@ -1,7 +1,7 @@
 """End to end: a Claude Code that cannot run blocks the connector with its own words; nothing is dead-lettered.
 
-The ``claude`` here is the fake of the backend tests (tests/unit/commands/fake_claude.py), which prints the real
-CLI's outputs word for word: not logged in, it prints ``Not logged in · Please run /login`` on stdout and exits 1.
+The ``claude`` here is the fake of the backend tests (tests/unit/backends/commands/fake_claude.py), which prints the
+real CLI's outputs word for word: not logged in, it prints ``Not logged in · Please run /login`` on stdout and exits 1.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from activities.messages import BackendSpec
 from tests.helpers import Harness, reply_text, wait_until
 from tests.integration.test_engine import _replies_for, _status_when
-from tests.unit.commands import fake_claude as fake
+from tests.unit.backends.commands import fake_claude as fake
 
 
 async def test_claude_code_not_logged_in_blocks_then_answers_once_logged_in(harness: Harness, tmp_path: Path) -> None:

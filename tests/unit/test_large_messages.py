@@ -33,7 +33,7 @@ from activities.messages import (
     RowPointer,
 )
 from activities.platform import PlatformActivities
-from tests.unit.test_platform_activities import T0, TARGET, inbox_row, row_id
+from tests.unit.platform.fake_platform import T0, TARGET, inbox_row, row_id
 
 BIG = "b" * (BODY_REF_BYTES + 1)
 """Text whose body is over BODY_REF_BYTES: passed by reference."""

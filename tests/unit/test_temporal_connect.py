@@ -11,6 +11,7 @@ import pytest
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from activities import local_state
 from worker import settings
 from worker.devserver import stop_embedded_server
 from worker.temporal import TemporalConnectError, connect_client, default_config_file, is_configured
@@ -122,13 +123,13 @@ def test_default_config_file_linux_home() -> None:
 
 def test_state_dir_from_env_is_created_private(tmp_path: Path) -> None:
     directory = tmp_path / "a" / "state"
-    assert settings.state_dir({"MOLECULE_CONNECT_STATE_DIR": str(directory)}) == directory
+    assert local_state.state_dir({"MOLECULE_CONNECT_STATE_DIR": str(directory)}) == directory
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
 def test_state_dir_default_uses_platformdirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings.platformdirs, "user_state_dir", lambda name: str(tmp_path / name))
-    assert settings.state_dir({}) == tmp_path / "molecule-connect"
+    monkeypatch.setattr(local_state.platformdirs, "user_state_dir", lambda name: str(tmp_path / name))
+    assert local_state.state_dir({}) == tmp_path / "molecule-connect"
 
 
 def test_workflow_id_prefixes_workspace_id() -> None:

@@ -88,7 +88,6 @@ def default_cors_origins(environ: Mapping[str, str] = os.environ) -> list[str]:
     """
     from worker.codec import DEFAULT_CORS_ORIGINS
     from worker.devserver import embedded_ui_url
-    from worker.settings import state_dir
     from worker.temporal import UI_URL_ENV
 
     origins: list[str] = []
@@ -125,9 +124,9 @@ def dev_platform(
     """Serve the local platform (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
+    from activities.local_state import state_dir
     from devplatform.app import create_app
     from devplatform.settings import PlatformSettings
-    from worker.settings import state_dir
 
     db_path = db if db is not None else state_dir() / "dev-platform.db"
     sock = listen(host, port)

@@ -27,7 +27,7 @@ from worker.devserver import (
     ensure_embedded_server,
     stop_embedded_server,
 )
-from worker.settings import state_dir
+from activities.local_state import state_dir
 from worker.temporal import UI_URL_ENV, is_configured
 
 app = typer.Typer()

@@ -1,4 +1,4 @@
-"""The command backends' tests (``exec``, ``claude-code``, :mod:`activities.backends.spawn`) run every async test
+"""The command backends' tests (``exec``, ``claude-code``, :mod:`activities.backends.process`) run every async test
 once on asyncio's loop and once on uvloop, the worker's default (worker/loop.py): process spawning and pipes differ
 between the two, and a bug of one loop (uvloop's closed stdin pipe) went unseen while the tests knew only the other.
 """

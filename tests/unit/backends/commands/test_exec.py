@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from activities.a2a import A2AMessage, TextPart
-from activities.backends import exec as exec_backend
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
-from activities.backends.environment import BASE_VARIABLES, metadata_env
-from activities.backends.exec import ExecBackend, ExecFailedError
-from tests.unit.commands.processes import process_running, wait_until
+from activities.backends.exec import ExecBackend
+from activities.backends.process import ExecFailedError
+from activities.backends.process import run as process_run
+from activities.backends.process.environment import BASE_VARIABLES, metadata_env
+from tests.unit.backends.commands.processes import process_running, wait_until
 
 
 def _request(text: str = "hello", *, source_id: str | None = "ws-peer", attempt: int = 1) -> BackendRequest:
@@ -303,7 +304,7 @@ async def test_exec_background_leftovers_get_sigterm_after_success():
 async def test_exec_output_over_cap_raises_backend_error_and_kills(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(exec_backend, "MAX_STDOUT_BYTES", 100_000)
+    monkeypatch.setattr(process_run, "MAX_STDOUT_BYTES", 100_000)
     backend = ExecBackend({"cmd": "sh -c 'echo $$ > shell.pid; exec yes'", "cwd": str(tmp_path)})
 
     with pytest.raises(BackendError, match="output exceeded 100000 bytes"):

@@ -154,7 +154,7 @@ LAUNCHER = """\
 #!{python}
 import sys
 sys.path.insert(0, {root!r})
-from tests.unit.commands.fake_claude import main
+from tests.unit.backends.commands.fake_claude import main
 sys.exit(main(sys.argv[1:], {state!r}))
 """
 
@@ -169,7 +169,7 @@ def install(directory: Path) -> Path:
     (state / "sessions").mkdir(parents=True)
     program = directory / "bin" / "claude"
     program.parent.mkdir()
-    root = str(Path(__file__).resolve().parents[3])
+    root = str(Path(__file__).resolve().parents[4])
     program.write_text(LAUNCHER.format(python=sys.executable, root=root, state=str(state)))
     program.chmod(0o755)
     return program

@@ -1,6 +1,6 @@
 """spawn(): command processes started with vfork and watched by a pidfd, on asyncio's loop and on uvloop.
 
-Every async test here runs once per loop (tests/conftest.py, ``pytest_asyncio_loop_factories``).
+Every async test here runs once per loop (``conftest.py`` here, ``pytest_asyncio_loop_factories``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from activities.backends import spawn as spawn_module
-from activities.backends.spawn import pidfd_supported, spawn
-from tests.unit.commands.processes import process_state
+from activities.backends.process import spawn as spawn_module
+from activities.backends.process.spawn import pidfd_supported, spawn
+from tests.unit.backends.commands.processes import process_state
 
 _ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 

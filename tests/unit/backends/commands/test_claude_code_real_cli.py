@@ -23,7 +23,7 @@ import pytest
 from activities.a2a import A2AMessage, TextPart
 from activities.backends.base import BackendConfigError, BackendRequest
 from activities.backends.claude_code import ClaudeCodeBackend
-from tests.unit.commands import fake_claude as fake
+from tests.unit.backends.commands import fake_claude as fake
 
 PACKAGE = "@anthropic-ai/claude-code@2"
 INSTALL_TIMEOUT_S = 45.0

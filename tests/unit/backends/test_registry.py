@@ -18,8 +18,8 @@ from activities.backends import (
     create_backend,
 )
 from activities.backends.echo import EchoBackend
-from activities.backends.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, NEVER_PASSED
 from activities.backends.exec import ExecBackend
+from activities.backends.process.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, NEVER_PASSED
 
 _PLUGIN_SOURCE = '''
 from activities.a2a import TextPart

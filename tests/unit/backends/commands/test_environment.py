@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activities.backends.environment import (
+from activities.backends.process.environment import (
     BASE_VARIABLES,
     METADATA_VARIABLES,
     child_env,

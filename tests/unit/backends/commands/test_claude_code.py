@@ -1,4 +1,4 @@
-"""The claude-code backend against a fake ``claude`` that speaks like the real one (tests/unit/commands/fake_claude.py).
+"""The claude-code backend against a fake ``claude`` that speaks like the real one (``fake_claude.py`` here).
 
 The fake accepts the real CLI's options (from its ``--help``), keeps sessions by Claude Code's rules and prints the
 real CLI's outputs, word for word and on the same stream, for its failures (fixtures/claude_code_cli.json): not
@@ -19,10 +19,10 @@ from activities.a2a import A2AMessage, TextPart
 from activities.backends import create_backend
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
 from activities.backends.claude_code import MAX_SESSION_IDS, ClaudeCodeBackend, next_session_id, session_id
-from activities.backends.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, metadata_env
-from activities.backends.exec import ExecFailedError
-from tests.unit.commands import fake_claude as fake
-from tests.unit.commands.processes import process_running, wait_until
+from activities.backends.process import ExecFailedError
+from activities.backends.process.environment import BASE_VARIABLES, CLAUDE_CODE_VARIABLES, metadata_env
+from tests.unit.backends.commands import fake_claude as fake
+from tests.unit.backends.commands.processes import process_running, wait_until
 
 FIXTURE_OUTPUTS = fake.OUTPUTS
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from activities.backends.spawn import Child
+    from activities.backends.process.spawn import Child
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import pytest
 
 from activities.a2a import A2AMessage, DataPart, FilePart, TextPart
 from activities.backends.base import BackendConfigError, BackendError, BackendRequest
-from activities.backends.exec import ExecBackend, ExecFailedError
+from activities.backends.exec import ExecBackend
+from activities.backends.process import ExecFailedError
 
 
 def _request(text: str = "hello") -> BackendRequest:
