@@ -14,6 +14,7 @@ import orjson
 import typer
 
 from activities.backends import BackendInfo, available_backends
+from activities.local_state import state_dir
 from worker import loop as event_loop
 from worker.cli.common import UsageProblem, listen, serve_asgi
 
@@ -124,7 +125,6 @@ def dev_platform(
     """Serve the local platform (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
-    from activities.local_state import state_dir
     from devplatform.app import create_app
     from devplatform.settings import PlatformSettings
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from activities.local_state import state_dir
 from worker import loop as event_loop
 from worker.cli.common import fail
 from worker.devserver import (
@@ -27,7 +28,6 @@ from worker.devserver import (
     ensure_embedded_server,
     stop_embedded_server,
 )
-from activities.local_state import state_dir
 from worker.temporal import UI_URL_ENV, is_configured
 
 app = typer.Typer()
