@@ -182,6 +182,8 @@ class ConnectWorkflow:
         self._trouble: PlatformTrouble | None = None
         """A platform failure that has lasted (phase ``degraded``), as the session reported it."""
         self._warnings: list[str] = []
+        self._waiting: list[str] = []
+        """Row ids of the messages waiting for a down backend, oldest first (``_wait_for_backend``)."""
 
     # --- main loop ----------------------------------------------------------------------------------------------
 
