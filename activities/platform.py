@@ -873,7 +873,10 @@ class PlatformActivities:
         info = activity.info() if activity.in_activity() else None
         first_try = input.attempted_at
         if info is not None and (info.attempt > 1 or info.is_local):
-            first_try = min(t for t in (first_try, info.scheduled_time) if t is not None)
+            # A local activity re-run after its worker died is scheduled anew, possibly long after the first run:
+            # only the row's arrival bounds when that run could have sent the reply.
+            arrived = input.row.created_at if info.is_local else None
+            first_try = min(t for t in (first_try, info.scheduled_time, arrived) if t is not None)
         if first_try is not None and await self._notify_echo_exists(target, text, since=first_try):
             activity.logger.info(
                 "canvas reply already on the platform (its echo row found); not sent again",

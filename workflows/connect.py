@@ -757,6 +757,7 @@ class ConnectWorkflow:
         settings, row = self._settings, message.row
         local = self._dispatch_locally()
         attempt = 0
+        first_attempt_at: datetime | None = None  # later attempts look for a canvas reply an earlier one sent
         while True:
             probe = await self._wait_for_backend(message) if self._v2 else False
             attempt += 1
@@ -770,7 +771,10 @@ class ConnectWorkflow:
                 lane=message.lane,
                 send_reply=send_reply,
                 attempt=attempt if self._v2 else 0,
+                first_attempt_at=first_attempt_at,
             )
+            if first_attempt_at is None and self._v2:
+                first_attempt_at = workflow.now()
             retry_policy = RetryPolicy(
                 initial_interval=timedelta(seconds=1),
                 backoff_coefficient=2.0,
