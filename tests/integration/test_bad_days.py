@@ -227,7 +227,7 @@ async def test_platform_hung_on_replies_backend_runs_once_each_sender_one_good_r
 
 
 async def test_canvas_notify_answered_late_sent_once_per_message(harness: Harness, tmp_path: Path) -> None:
-    """The platform stores each canvas reply (notify) but answers 15 s late, past the in-dispatch reply wait and
+    """The platform stores each canvas reply (notify) but answers 12 s late, past the in-dispatch reply wait and
     the dispatch heartbeat timeout: every canvas message (two canvas conversations, answered in parallel) gets
     exactly one notify, and the backend ran once each."""
     agent = await harness.workspace("agent")
@@ -236,7 +236,7 @@ async def test_canvas_notify_answered_late_sent_once_per_message(harness: Harnes
     async with harness.worker():
         await harness.start(agent, _recording_backend(runs, "tr a-z A-Z"))
         await harness.admin.add_fault(
-            f"/workspaces/{agent.id}/notify", method="POST", latency_s=15, count=len(texts), phase="after"
+            f"/workspaces/{agent.id}/notify", method="POST", latency_s=12, count=len(texts), phase="after"
         )
         for n, text in enumerate(texts):
             await harness.admin.send_text(agent.id, text, context_id=f"canvas-chat-{n}")

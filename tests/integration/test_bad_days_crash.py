@@ -109,8 +109,8 @@ async def test_worker_killed_between_notify_stored_and_answered_canvas_reply_sen
     processes.append(proc)
     await wait_until(lambda: _worker_ready(proc, log), message="worker process ready")
     await harness.start(agent, backend)
-    # The first notify is stored, then its answer is held back far longer than the test.
-    await harness.admin.add_fault(f"/workspaces/{agent.id}/notify", method="POST", latency_s=120, phase="after")
+    # The first notify is stored, then its answer is held back 8 s: the worker dies well within that.
+    await harness.admin.add_fault(f"/workspaces/{agent.id}/notify", method="POST", latency_s=8, phase="after")
     await harness.admin.send_text(agent.id, "hello from the canvas")
     await wait_until(lambda: harness.notifications(agent.id), message="the notify stored on the platform")
     _kill_machine(proc)
