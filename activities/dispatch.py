@@ -254,10 +254,14 @@ class DispatchActivities:
             activity.logger.warning("backend reply truncated", extra=log_extra)
         if not input.send_reply or self._platform is None:
             return DispatchResult(parts=parts, truncated=truncated)
-        attempted_at = datetime.now(UTC)
+        # An earlier attempt of this dispatch may have sent the reply before it died: look from its start.
+        earlier = input.first_attempt_at
+        attempted_at = earlier or datetime.now(UTC)
         try:
             with reply_span(input):
-                reply = await self._send_reply_briefly(ReplyInput(target=input.target, row=input.row, parts=parts))
+                reply = await self._send_reply_briefly(
+                    ReplyInput(target=input.target, row=input.row, parts=parts, attempted_at=earlier)
+                )
         except ApplicationError as err:
             # The backend's work is kept: the workflow sends these parts with its own ``reply`` activity, whose
             # retry policy and failure classes (auth → blocked, permanent → dead letter) then apply.

@@ -337,6 +337,10 @@ class DispatchInput(Model):
     """Send the reply from this activity once the backend answered (one activity per message instead of two); a
     reply that fails here is returned with its parts, for the workflow's own ``reply`` activity to retry, so a failed
     reply never re-runs the backend."""
+    first_attempt_at: datetime | None = None
+    """When this message's first dispatch attempt started; set on later attempts only. An earlier attempt may have
+    sent the reply before it died (worker killed, heartbeat timeout), so a canvas reply is first looked for from
+    then on (``ReplyInput.attempted_at``)."""
 
 
 class DispatchResult(Model):

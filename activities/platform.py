@@ -874,8 +874,13 @@ class PlatformActivities:
         info = activity.info() if activity.in_activity() else None
         first_try = input.attempted_at
         if info is not None and (info.attempt > 1 or info.is_local):
-            first_try = min(t for t in (first_try, info.scheduled_time) if t is not None)
-        if first_try is not None and await self._notify_echo_exists(target, text, since=first_try):
+            # A local activity re-run after its worker died is scheduled anew, possibly long after the first run:
+            # only the row's arrival bounds when that run could have sent the reply.
+            arrived = input.row.created_at if info.is_local else None
+            first_try = min(t for t in (first_try, info.scheduled_time, arrived) if t is not None)
+        if first_try is not None and await self._notify_echo_exists(
+            target, text, since=first_try, answering=input.row.created_at
+        ):
             activity.logger.info(
                 "canvas reply already on the platform (its echo row found); not sent again",
                 extra={"workspace_id": target.workspace_id, "row_id": input.row.row_id},
@@ -891,19 +896,24 @@ class PlatformActivities:
             raise classify_response("reply to canvas", response)
         return ReplyResult(destination="canvas")
 
-    async def _notify_echo_exists(self, target: PlatformTarget, text: str, *, since: datetime) -> bool:
+    async def _notify_echo_exists(
+        self, target: PlatformTarget, text: str, *, since: datetime, answering: datetime | None = None
+    ) -> bool:
         """Whether the inbox holds a notify echo row with ``text`` created since ``since`` (docs/protocol.md §3.5).
 
         Reads the newest rows created in the window (``since_secs``, newest first) and compares the echo's
-        ``response_body.result``. Two canvas replies with the same text in the same window would match each
-        other; canvas messages of one conversation are answered one at a time, so that needs two canvas
-        conversations answered with identical text within seconds, while one of them was failing.
+        ``response_body.result``. Only echoes created at or after ``answering`` (the inbound row's ``created_at``,
+        same platform clock) count: a reply cannot precede its message, so the answer to an earlier message with
+        the same text (a person asking the same thing twice) is never taken for this one. Two canvas replies with
+        the same text could still match when the second message arrived before the first was answered.
         """
         window = max(1, int((_now() - since).total_seconds() + 2 * NOTIFY_SKEW_S))
         response = await self._get_inbox(
             target, {"since_secs": window, "limit": NOTIFY_ECHO_LIMIT}, operation="look for notify echo"
         )
         floor = since - timedelta(seconds=NOTIFY_SKEW_S)
+        if answering is not None:
+            floor = max(floor, answering)
         for row in self._rows(response, "look for notify echo"):
             fields = row.fields
             answer = fields.get("response_body")

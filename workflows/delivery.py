@@ -124,6 +124,7 @@ class Delivery:
         settings = c.settings
         local = self._dispatch_locally()
         attempt = 0
+        first_attempt_at: datetime | None = None  # later attempts look for a canvas reply an earlier one sent
         while True:
             probe = await self._wait_for_backend(message) if c.v2 else False
             attempt += 1
@@ -137,7 +138,10 @@ class Delivery:
                 lane=message.lane,
                 send_reply=send_reply,
                 attempt=attempt if c.v2 else 0,
+                first_attempt_at=first_attempt_at,
             )
+            if first_attempt_at is None and c.v2:
+                first_attempt_at = workflow.now()
             try:
                 result = await calls.dispatch(
                     dispatch_input, settings, local=local, attempts=1 if c.v2 else settings.max_attempts

@@ -28,12 +28,21 @@ or discards some (docs/guarantees.md)."""
 REPLY_PARTS_KEPT_BYTES = 16 * 1024
 """A reply-stage dead letter keeps the backend's answer when it is at most this large (JSON), so a redrive resends it
 without running the backend again; a larger answer is not kept and a redrive runs the backend once more."""
+REPLY_PARTS_KEPT_TOTAL_BYTES = 256 * 1024
+"""All dead letters together keep at most this many bytes (JSON) of answers, so however many replies fail, the
+carried state stays inside Temporal's 2 MiB payload limit at continue-as-new; an answer not kept is produced again
+by the backend on redrive."""
 AUTO_EXCHANGE_WINDOW = timedelta(seconds=10)
 """A peer message arriving this soon after our reply in the same conversation counts as an automatic exchange."""
 AUTO_EXCHANGE_FORGET = timedelta(hours=1)
 """A conversation's automatic-exchange count is forgotten after this long without messages."""
 
 SettleReason = Literal["replied", "skipped", "dead_lettered", "duplicate", "discarded"]
+
+
+def _parts_bytes(parts: list[ReplyPart] | None) -> int:
+    """Size of a kept answer as carried (JSON bytes); 0 when none is kept."""
+    return 0 if parts is None else sum(len(p.model_dump_json()) for p in parts)
 
 
 def lane_of(row: PolledRow) -> str:
@@ -181,6 +190,7 @@ class ConnectState(StateModel):
     _row_ids: set[str] = PrivateAttr(default_factory=set)
     _message_ids: set[str] = PrivateAttr(default_factory=set)
     _dead_ids: set[str] = PrivateAttr(default_factory=set)
+    _kept_reply_bytes: int = PrivateAttr(default=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -210,6 +220,7 @@ class ConnectState(StateModel):
         self._row_ids = set(self.recent_row_ids)
         self._message_ids = set(self.recent_message_ids)
         self._dead_ids = {d.row_id for d in self.dead_letters}
+        self._kept_reply_bytes = sum(_parts_bytes(d.reply_parts) for d in self.dead_letters)
 
     # --- dedupe -----------------------------------------------------------------------------------------------
 
@@ -294,13 +305,20 @@ class ConnectState(StateModel):
         return len(self.dead_letters) >= DEAD_LETTER_LIMIT
 
     def dead_letter(self, letter: DeadLetter) -> None:
-        """Set a message aside and settle its row. Nothing is evicted (see ``dead_letters_full``)."""
-        if letter.reply_parts is not None and sum(len(p.model_dump_json()) for p in letter.reply_parts) > (
-            REPLY_PARTS_KEPT_BYTES
-        ):
-            letter = letter.model_copy(update={"reply_parts": None})
+        """Set a message aside and settle its row. Nothing is evicted (see ``dead_letters_full``).
+
+        Its answer (``reply_parts``) is kept only within ``REPLY_PARTS_KEPT_BYTES`` for the letter and
+        ``REPLY_PARTS_KEPT_TOTAL_BYTES`` for all letters together.
+        """
         if letter.row_id in self._dead_ids:
+            replaced = [d for d in self.dead_letters if d.row_id == letter.row_id]
+            self._kept_reply_bytes -= sum(_parts_bytes(d.reply_parts) for d in replaced)
             self.dead_letters = [d for d in self.dead_letters if d.row_id != letter.row_id]
+        size = _parts_bytes(letter.reply_parts)
+        if size > REPLY_PARTS_KEPT_BYTES or self._kept_reply_bytes + size > REPLY_PARTS_KEPT_TOTAL_BYTES:
+            letter = letter.model_copy(update={"reply_parts": None})
+            size = 0
+        self._kept_reply_bytes += size
         self.dead_letters.append(letter)
         self._dead_ids.add(letter.row_id)
         self.counters.dead_lettered += 1
@@ -313,6 +331,7 @@ class ConnectState(StateModel):
         gone = {d.row_id for d in taken}
         self.dead_letters = [d for d in self.dead_letters if d.row_id not in gone]
         self._dead_ids -= gone
+        self._kept_reply_bytes -= sum(_parts_bytes(d.reply_parts) for d in taken)
         return taken
 
     def redrive(self, letters: list[DeadLetter]) -> None:
