@@ -210,6 +210,6 @@ def summary(letter: DeadLetter) -> DeadLetterSummary:
         stage=letter.stage,
         error=letter.error,
         attempts=letter.attempts,
-        first_failed_at=letter.first_failed_at,
+        first_failed_at=letter.first_failed_at or letter.dead_lettered_at,
         dead_lettered_at=letter.dead_lettered_at,
     )

@@ -350,7 +350,6 @@ class Delivery:
                 error=error,
                 stage=stage,  # type: ignore[arg-type]
                 attempts=attempts,
-                first_failed_at=now,
                 dead_lettered_at=now,
                 reply_parts=reply_parts,
             )

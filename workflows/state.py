@@ -19,8 +19,8 @@ from activities.messages import BodyRef, PolledRow, PollResult, ReplyPart, RowPo
 from workflows.cursor import Cursor
 from workflows.outage import BackendHealth
 
-DEDUPE_WINDOW = 5000
-"""Row ids and message ids remembered after settling: far more than one poll batch (≤ 500) or a 410 re-read."""
+DEDUPE_WINDOW = 2000
+"""Row ids and message ids remembered after settling: four times one poll batch or a 410 re-read (≤ 500 rows)."""
 DEAD_LETTER_LIMIT = 10_000
 """Dead letters kept per workspace. They are references (the body stays on the platform), never evicted: when the
 limit is reached the connector stops taking new work (``blocked: dead-letter queue full``) until an operator redrives
@@ -28,6 +28,11 @@ or discards some (docs/guarantees.md)."""
 REPLY_PARTS_KEPT_BYTES = 16 * 1024
 """A reply-stage dead letter keeps the backend's answer when it is at most this large (JSON), so a redrive resends it
 without running the backend again; a larger answer is not kept and a redrive runs the backend once more."""
+DEAD_LETTER_JSON_BUDGET = 3_600_000
+"""Dead letters (without kept answers) as JSON, at most: once compressed and carried through continue-as-new (about
+36 % of this when every id is a random UUID) they leave room for the dedupe windows and queued bodies inside
+Temporal's 2 MiB payload limit. Senders and conversations repeat, so 10,000 letters take far less in practice; the
+queue counts as full at whichever limit comes first."""
 REPLY_PARTS_KEPT_TOTAL_BYTES = 256 * 1024
 """All dead letters together keep at most this many bytes (JSON) of answers, so however many replies fail, the
 carried state stays inside Temporal's 2 MiB payload limit at continue-as-new; an answer not kept is produced again
@@ -93,12 +98,14 @@ class DeadLetter(StateModel):
     """Sender workspace; ``None`` for the canvas."""
     message_id: str | None = None
     context_id: str | None = None
+    """Only when the lane does not name it (``ctx:<contextId>`` lanes do): every byte counts, 10,000 are carried."""
     error: str
     """The last error, one line."""
     stage: Literal["parse", "dispatch", "reply"]
     """Where it failed: a malformed body, the backend, or sending the reply."""
     attempts: int
-    first_failed_at: datetime
+    first_failed_at: datetime | None = None
+    """When it first failed, if earlier than ``dead_lettered_at``."""
     dead_lettered_at: datetime
     reply_parts: list[ReplyPart] | None = None
     """For ``stage == "reply"``: the backend's answer when at most ``REPLY_PARTS_KEPT_BYTES``, so a redrive re-sends
@@ -123,12 +130,12 @@ class DeadLetter(StateModel):
             "created_at": row.created_at,
             "source_id": row.source_id,
             "message_id": row.message.message_id if row.message is not None else None,
-            "context_id": row.message.context_id if row.message is not None else None,
         }
 
     def to_row(self) -> PolledRow:
         """The row to deliver again on redrive: a reference whose body ``dispatch`` re-reads from the platform."""
-        message = A2AMessage(message_id=self.message_id or self.row_id, context_id=self.context_id)
+        context_id = self.context_id or (self.lane.removeprefix("ctx:") if self.lane.startswith("ctx:") else None)
+        message = A2AMessage(message_id=self.message_id or self.row_id, context_id=context_id)
         return PolledRow(
             row_id=self.row_id,
             created_at=self.created_at,
@@ -191,6 +198,8 @@ class ConnectState(StateModel):
     _message_ids: set[str] = PrivateAttr(default_factory=set)
     _dead_ids: set[str] = PrivateAttr(default_factory=set)
     _kept_reply_bytes: int = PrivateAttr(default=0)
+    _letter_bytes: dict[str, int] = PrivateAttr(default_factory=dict)
+    """Row id → JSON size of its dead letter without the kept answer (``DEAD_LETTER_JSON_BUDGET``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -221,6 +230,7 @@ class ConnectState(StateModel):
         self._message_ids = set(self.recent_message_ids)
         self._dead_ids = {d.row_id for d in self.dead_letters}
         self._kept_reply_bytes = sum(_parts_bytes(d.reply_parts) for d in self.dead_letters)
+        self._letter_bytes = {d.row_id: _letter_bytes(d) for d in self.dead_letters}
 
     # --- dedupe -----------------------------------------------------------------------------------------------
 
@@ -301,8 +311,14 @@ class ConnectState(StateModel):
 
     @property
     def dead_letters_full(self) -> bool:
-        """The dead-letter queue holds ``DEAD_LETTER_LIMIT`` letters: no new work until an operator makes room."""
-        return len(self.dead_letters) >= DEAD_LETTER_LIMIT
+        """Whether the dead-letter queue is full: no new work until an operator makes room.
+
+        Full at ``DEAD_LETTER_LIMIT`` letters or ``DEAD_LETTER_JSON_BUDGET`` bytes, whichever comes first.
+        """
+        return (
+            len(self.dead_letters) >= DEAD_LETTER_LIMIT
+            or sum(self._letter_bytes.values()) >= DEAD_LETTER_JSON_BUDGET
+        )
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """Set a message aside and settle its row. Nothing is evicted (see ``dead_letters_full``).
@@ -321,6 +337,7 @@ class ConnectState(StateModel):
         self._kept_reply_bytes += size
         self.dead_letters.append(letter)
         self._dead_ids.add(letter.row_id)
+        self._letter_bytes[letter.row_id] = _letter_bytes(letter)
         self.counters.dead_lettered += 1
         self.last_error = letter.error
         self.settle(letter.row_id)
@@ -332,6 +349,8 @@ class ConnectState(StateModel):
         self.dead_letters = [d for d in self.dead_letters if d.row_id not in gone]
         self._dead_ids -= gone
         self._kept_reply_bytes -= sum(_parts_bytes(d.reply_parts) for d in taken)
+        for row_id in gone:
+            self._letter_bytes.pop(row_id, None)
         return taken
 
     def redrive(self, letters: list[DeadLetter]) -> None:
@@ -401,3 +420,7 @@ class ConnectState(StateModel):
     def next_in_lane(self, lane: str) -> PendingMessage | None:
         """The oldest pending message of ``lane``."""
         return next((p for p in self.pending if p.lane == lane), None)
+
+
+def _letter_bytes(letter: DeadLetter) -> int:
+    return len(letter.model_dump_json(exclude={"reply_parts"}))
