@@ -662,7 +662,10 @@ class PlatformActivities:
                 floor = max((t for t in (cursor.created_at, input.not_before) if t is not None), default=None)
                 polled = rows_to_polled(rows, read_after=None, not_before=floor)
                 return PollResult(rows=self._new(polled, input), cursor_reset=True)
-            polled = self._new(rows_to_polled(self._rows(response), read_after=cursor.row_id), input)
+            page = self._rows(response)
+            if len(page) >= input.limit and not any(is_uuid(str(row.fields["id"])) for row in page):
+                return await self._past_unusable(input, page)
+            polled = self._new(rows_to_polled(page, read_after=cursor.row_id), input)
             return PollResult(rows=polled) if polled else None
         if not input.seeded:
             if input.start_from == "latest":
@@ -677,6 +680,24 @@ class PlatformActivities:
         # Seeded without a cursor: the inbox was empty (or reset) then, so every row since is new.
         rows = await self._read_newest(target, RESET_READ_LIMIT)
         polled = self._new(rows_to_polled(rows, read_after=None, not_before=input.not_before), input)
+        return PollResult(rows=polled) if polled else None
+
+    async def _past_unusable(self, input: PollInput, page: list[InboxRow]) -> PollResult | None:
+        """Read past a full page of rows that cannot be cursors (non-UUID ids), which ``since_id`` can never pass.
+
+        Every read after the cursor would return the same page; the newest rows (without a cursor) are read instead,
+        keeping those from the page's time on, so the cursor can land on a UUID row after them (the dedupe window
+        drops what was seen). More than ``RESET_READ_LIMIT`` such rows in a row cannot be passed: logged.
+        """
+        times = [t for t in (parse_time(row.fields.get("created_at")) for row in page) if t is not None]
+        rows = await self._read_newest(input.target, RESET_READ_LIMIT)
+        polled = self._new(rows_to_polled(rows, read_after=None, not_before=min(times, default=None)), input)
+        if not any(row.pointer.usable for row in polled):
+            activity.logger.warning(
+                "the inbox holds over %d rows in a row whose ids are not UUIDs: cannot read past them",
+                len(page),
+                extra={"workspace_id": input.target.workspace_id},
+            )
         return PollResult(rows=polled) if polled else None
 
     @staticmethod

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
@@ -78,11 +78,15 @@ from workflows.messages import (
     ConnectResult,
     ConnectSettings,
     DeadLetterActionResult,
+    DeadLetterList,
+    DeadLetterPage,
     DeadLetterSelection,
     SetCursorInput,
     StatusResult,
 )
 from workflows.state import ConnectState
+
+T = TypeVar("T")
 
 CONTROL_TIMEOUT = timedelta(seconds=10)
 """How long a control (query or update) waits for a worker's answer before :class:`NoAnswerError`."""
@@ -316,10 +320,33 @@ async def connector_status(client: Client, workspace_id: str, *, timeout: timede
         ConnectorError: No such workflow, or the query failed.
         NoAnswerError: No worker answered within ``timeout``.
     """
+    return await _query(
+        client, workspace_id, timeout, lambda handle: handle.query(ConnectWorkflow.status, rpc_timeout=timeout)
+    )
+
+
+async def dead_letter_page(
+    client: Client, workspace_id: str, *, offset: int = 0, limit: int = 100, timeout: timedelta = CONTROL_TIMEOUT
+) -> DeadLetterList:
+    """One page of a connector's dead letters, oldest first (the ``dead_letters`` query).
+
+    ``status`` lists only the newest 20. Raises like :func:`connector_status`.
+    """
+    page = DeadLetterPage(offset=offset, limit=limit)
+    return await _query(
+        client,
+        workspace_id,
+        timeout,
+        lambda handle: handle.query(ConnectWorkflow.dead_letters, page, rpc_timeout=timeout),
+    )
+
+
+async def _query(client: Client, workspace_id: str, timeout: timedelta, ask: Callable[[Any], Awaitable[T]]) -> T:
+    """Run one query on a workspace's connector within ``timeout``, mapping failures to one-line errors."""
     handle = client.get_workflow_handle_for(ConnectWorkflow.run, workflow_id(workspace_id))
     try:
         async with asyncio.timeout(timeout.total_seconds()):
-            return await handle.query(ConnectWorkflow.status, rpc_timeout=timeout)
+            return await ask(handle)
     except TimeoutError:
         raise await _no_answer(client, workspace_id, timeout, None) from None
     except RPCError as err:
@@ -328,9 +355,9 @@ async def connector_status(client: Client, workspace_id: str, *, timeout: timede
         # A client-side rpc_timeout surfaces as CANCELLED "Timeout expired", the server's as DEADLINE_EXCEEDED.
         if err.status == RPCStatusCode.DEADLINE_EXCEEDED or "timeout expired" in err.message.lower():
             raise await _no_answer(client, workspace_id, timeout, None) from None
-        raise ConnectorError(f"status query failed: {err.message}") from None
+        raise ConnectorError(f"query failed: {err.message}") from None
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
-        raise ConnectorError(f"status query failed: {err}") from None
+        raise ConnectorError(f"query failed: {err}") from None
     except (KeyError, CodecError) as err:
         encrypted = _encrypted_answer(workspace_id, err)
         if encrypted is None:

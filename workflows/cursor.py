@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from activities.messages import ColdStart, PolledRow, PollInput, PollResult, RowPointer
 
-UNUSABLE_REMEMBERED = 100
+UNUSABLE_REMEMBERED = 1000
 """Settled rows that cannot be cursors (not UUIDs) remembered at the head of the inbox; older ones are forgotten."""
 
 

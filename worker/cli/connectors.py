@@ -26,7 +26,10 @@ from worker.cli.common import (
 )
 from worker.control import connector_status
 from worker.settings import workflow_id
-from workflows.messages import StatusResult
+from workflows.messages import DeadLetterList, StatusResult
+
+PAGE_SIZE = 100
+"""Dead letters listed per page by `dead-letters`."""
 
 app = typer.Typer()
 
@@ -230,9 +233,12 @@ def dead_letters(
     discard_id: Annotated[
         str | None, typer.Option("--discard", help="Forget the dead letter with this row id.")
     ] = None,
+    page: Annotated[
+        int, typer.Option("--page", help="List this page of dead letters (100 a page, oldest first).", min=1)
+    ] = 1,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
-    """List dead letters, or redrive / discard them (the `redrive` and `discard` updates)."""
+    """List dead letters a page at a time, or redrive / discard them (the `redrive` and `discard` updates)."""
     if sum(x is not None and x is not False for x in (redrive_id, discard_id, redrive_all or None)) > 1:
         raise UsageProblem("give one of --redrive ROW_ID, --all or --discard ROW_ID")
     limit = timedelta(seconds=timeout)
@@ -240,18 +246,24 @@ def dead_letters(
     def render_action(result: Any) -> None:
         print(f"{result.count} dead letter(s): {', '.join(result.row_ids) or '-'}")
 
-    def render_list(result: StatusResult) -> None:
-        if not result.dead_letters:
-            print("no dead letters")
-        for letter in result.dead_letters:
+    def render_list(result: DeadLetterList) -> None:
+        if not result.letters:
+            print("no dead letters" if result.total == 0 else f"no dead letters on page {page} ({result.total} in all)")
+        for letter in result.letters:
             print(f"{letter.row_id}  [{letter.stage}, {letter.attempts} attempt(s)]  {letter.lane}  {letter.error}")
+        if result.total > PAGE_SIZE * page:
+            print(f"... {result.total} dead letters in all: see --page {page + 1}", file=sys.stderr)
 
     if redrive_id or redrive_all:
         _control(lambda c: control.redrive(c, workspace_id, redrive_id, timeout=limit), render_action)
     elif discard_id:
         _control(lambda c: control.discard(c, workspace_id, discard_id, timeout=limit), render_action)
     else:
-        _control(lambda c: connector_status(c, workspace_id, timeout=limit), render_list)
+        offset = PAGE_SIZE * (page - 1)
+        _control(
+            lambda c: control.dead_letter_page(c, workspace_id, offset=offset, limit=PAGE_SIZE, timeout=limit),
+            render_list,
+        )
 
 
 @app.command()

@@ -279,3 +279,18 @@ async def test_poll_batch_under_max_bytes_is_whole(platform: FakePlatform, env: 
     platform.then(rows_answer(*(inbox_row(n) for n in range(2, 12))))
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, cursor=RowPointer(row_id=row_id(1))))
     assert len(result.rows) == 10
+
+
+async def test_poll_full_page_of_non_uuid_rows_reads_past_them_from_the_newest(
+    platform: FakePlatform, env: ActivityEnvironment
+) -> None:
+    """More rows with non-UUID ids than one read returns: ``since_id`` cannot pass them (every read after the
+    cursor returns the same page), so the newest rows are read and the message after them is delivered."""
+    hostile = [{**inbox_row(n), "id": f"row-{n}"} for n in range(2, 5)]
+    platform.then(rows_answer(*hostile), rows_answer(inbox_row(5), *reversed(hostile), inbox_row(1)))
+    cursor = RowPointer(row_id=row_id(1), created_at=at(1))
+    result = await env.run(platform.acts.poll, PollInput(target=TARGET, cursor=cursor, seeded=True, limit=3))
+    first, second = platform.requests
+    assert params_of(first)["since_id"] == row_id(1) and "since_id" not in params_of(second)
+    assert [r.row_id for r in result.rows] == ["row-2", "row-3", "row-4", row_id(5)]
+    assert [r.outcome for r in result.rows] == ["skip", "skip", "skip", "deliver"]
