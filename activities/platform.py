@@ -72,10 +72,10 @@ from activities.messages import (
 )
 
 BUDGET_HEARTBEAT_S = 5.0
-"""While a request waits for the request budget, Temporal is heartbeated this often, so a long queue never looks
-like a dead worker (the poll's ``heartbeat_timeout`` is 30 s + ``poll_interval_s``)."""
+"""While a request of a regular activity (``reply``, ``dispatch``) waits for the request budget, Temporal is
+heartbeated this often, so a long queue never looks like a dead worker (inside a session its pulse does it)."""
 SESSION_HEARTBEAT_RATIO = 1.2
-"""A session's Temporal heartbeat timeout is this × its heartbeat cadence (``workflows.connect``): one missed
+"""A session's Temporal heartbeat timeout is this × its heartbeat cadence (``workflows.calls``): one missed
 heartbeat plus 20 % means the worker is gone."""
 TRANSIENT_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 """Pauses between the session's retries of a failing inbox read (then 30 s), unless ``Retry-After`` says more."""
@@ -101,7 +101,7 @@ async def _pause(seconds: float) -> bool:
     """Sleep ``seconds`` inside an activity, waking early when the worker shuts down.
 
     Returns:
-        ``True`` when the worker is shutting down: long-running duties (poll, heartbeat) then return at once, so a
+        ``True`` when the worker is shutting down: long-running duties (``session``) then return at once, so a
         graceful shutdown only waits for dispatches; the workflow schedules the next run on whichever worker is up.
     """
     if activity.is_worker_shutdown():
@@ -574,7 +574,9 @@ class PlatformActivities:
             try:
                 result = await self._poll_once(poll)
             except ApplicationError as err:
-                if err.type != ErrorType.TRANSIENT:
+                # Auth, gone and a missing token end the session (its beats would meet them too); any other
+                # failure of a read is retried here like a transient one, so heartbeats never stop for it.
+                if err.type in (ErrorType.AUTH, ErrorType.GONE, ErrorType.TOKEN_MISSING):
                     raise
                 trouble.failed(err.message)
                 if _now() - (trouble.failing_since or _now()) >= timedelta(seconds=input.trouble_after_s):

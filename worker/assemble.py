@@ -76,7 +76,7 @@ async def running_worker(
         task_queue: Task queue to serve (default elsewhere: ``molecule-connect``).
         token_for: Token lookup by workspace id; tokens never leave this process except in request headers.
         org_id: ``X-Molecule-Org-Id`` for hosted platforms.
-        max_concurrent_activities: Activity slots; each connected workspace holds two (heartbeat, poll) plus one
+        max_concurrent_activities: Activity slots; each connected workspace holds one (its session) plus one
             per in-flight dispatch.
         graceful_shutdown: How long in-flight activities may finish when the block exits.
         request_budget_per_min: Platform requests per minute shared by every connector of this worker, per platform

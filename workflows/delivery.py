@@ -20,7 +20,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.a2a import TextPart
-    from activities.errors import ErrorType
+    from activities.errors import TOKEN_HANDOFF, TOKEN_RETRY_DELAY, ErrorType
     from activities.messages import DispatchInput, DispatchResult, PolledRow, ReplyInput, ReplyPart
     from workflows import calls, legacy
     from workflows.context import Connector
@@ -125,6 +125,7 @@ class Delivery:
         local = self._dispatch_locally()
         attempt = 0
         first_attempt_at: datetime | None = None  # later attempts look for a canvas reply an earlier one sent
+        token_missing_since: datetime | None = None
         while True:
             probe = await self._wait_for_backend(message) if c.v2 else False
             attempt += 1
@@ -152,6 +153,9 @@ class Delivery:
                     attempt -= 1  # not the message's fault
                     if kind == ErrorType.TOKEN_MISSING and local:
                         local = False  # a local activity cannot move: hand it to a worker holding the token
+                        continue
+                    if kind == ErrorType.TOKEN_MISSING and await self._hand_off(token_missing_since):
+                        token_missing_since = token_missing_since or workflow.now()
                         continue
                     # The backend cannot run, or our token was refused (or no worker holds it) while re-reading a
                     # body or replying: the duty waits ``blocked`` and heals by itself; the message is not the problem.
@@ -190,6 +194,20 @@ class Delivery:
             if result.reply is not None:
                 self._duties.unblock("reply")
             return result
+
+    async def _hand_off(self, since: datetime | None) -> bool:
+        """Wait, then say to try again, so another worker of the task queue (one holding the token) takes the dispatch.
+
+        The workflow retries dispatches itself (one activity attempt each), so the activity's own hand-off (a
+        retryable ``TokenMissing``) happens here: after 2 s, then doubling up to a minute, until ``TOKEN_HANDOFF``
+        has passed since the first refusal; then ``False``, and the dispatch waits ``blocked``.
+        """
+        now = workflow.now()
+        if since is not None and now - since >= TOKEN_HANDOFF:
+            return False
+        waited = (now - since).total_seconds() if since is not None else 0.0
+        await workflow.sleep(min(60.0, max(TOKEN_RETRY_DELAY.total_seconds(), waited)))
+        return True
 
     def _dispatch_locally(self) -> bool:
         """Whether ``dispatch`` runs as a local activity (``ConnectSettings.dispatch_as``)."""

@@ -9,6 +9,7 @@ activity runs, which is when the test server skips time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class FakePlatform:
     register_errors: list[ApplicationError] = field(default_factory=list)
     batches: list[PollResult] = field(default_factory=list)
     failing: Callable[[DispatchInput], bool] = lambda input: False
+    no_token: Callable[[DispatchInput], bool] = lambda input: False
+    """This worker holds no token for the dispatch (``TokenMissing``, retryable: another worker may)."""
     idle_blocks: bool = False
     """An idle session blocks (heartbeating) instead of waiting for a delayed retry: no time skipping then, but the
     test server cancels it cleanly (it answers ACTIVITY_UNKNOWN to cancelling an activity waiting for a retry)."""
@@ -92,6 +95,8 @@ class FakePlatform:
     @activity.defn(name="dispatch")
     async def dispatch(self, input: DispatchInput) -> DispatchResult:
         self.dispatched.append(input.row.row_id)
+        if self.no_token(input):
+            raise ApplicationError("no token for workspace", type=ErrorType.TOKEN_MISSING)
         if self.failing(input):
             raise ApplicationError("agent down", type=ErrorType.BACKEND_FAILED)
         return DispatchResult(parts=[TextPart(text=f"echo: {input.row.text}")])
@@ -126,6 +131,8 @@ class World:
     client: Client
     task_queue: str
     fake: FakePlatform
+    workflow_ids: list[str] = field(default_factory=list)
+    """Workflows the test started: terminated after it, so none holds the shared test server's clock."""
 
 
 @pytest_asyncio.fixture
@@ -140,5 +147,8 @@ async def world(skipping_env: WorkflowEnvironment) -> AsyncIterator[World]:
         activities=fake.activities(),
         workflow_runner=UnsandboxedWorkflowRunner(),
     ):
-        yield World(skipping_env, skipping_env.client, task_queue, fake)
-        await asyncio.sleep(0)
+        world = World(skipping_env, skipping_env.client, task_queue, fake)
+        yield world
+        for workflow_id in world.workflow_ids:
+            with contextlib.suppress(Exception):
+                await skipping_env.client.get_workflow_handle(workflow_id).terminate("test over")

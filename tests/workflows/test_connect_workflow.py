@@ -24,6 +24,7 @@ WS = "11111111-1111-4111-8111-111111111111"
 
 async def start(world: World, **settings: Any) -> WorkflowHandle[ConnectWorkflow, ConnectResult]:
     input = ConnectInput(workspace_id=WS, platform_url="http://platform.test", settings=ConnectSettings(**settings))
+    world.workflow_ids.append(f"connect-{world.task_queue}")
     return await world.client.start_workflow(
         ConnectWorkflow.run, input, id=f"connect-{world.task_queue}", task_queue=world.task_queue
     )
@@ -108,6 +109,35 @@ async def test_connect_poison_message_among_good_ones_is_dead_lettered_after_max
     assert world.fake.dispatched.count(row(2).row_id) == 3
     [error_reply] = [r for r in world.fake.replies if r.is_error]
     assert "reference: " + row(2).row_id in error_reply.parts[0].text  # type: ignore[union-attr]
+
+
+async def test_connect_dispatch_on_a_worker_without_the_token_is_handed_on_not_blocked(world: World) -> None:
+    """A regular dispatch refused by a worker without the token is tried again soon (by another worker, in a
+    fleet); only when none takes it for three minutes does the connector block."""
+    refusals = {"left": 3}
+
+    def no_token(input: object) -> bool:
+        refusals["left"] -= 1
+        return refusals["left"] >= 0
+
+    world.fake.no_token = no_token
+    world.fake.batches.append(PollResult(rows=[row(1)], polls=1))
+    handle = await start(world, dispatch_as="activity")
+    status = await until(world, handle, lambda s: s.counters["replied"] == 1)
+    assert status.blocked_reason is None and world.fake.dispatched.count(row(1).row_id) == 4
+
+
+async def test_connect_dispatch_no_worker_holds_the_token_blocks_after_three_minutes(world: World) -> None:
+    world.fake.no_token = lambda input: True
+    world.fake.batches.append(PollResult(rows=[row(1)], polls=1))
+    handle = await start(world, dispatch_as="activity")
+    blocked = await until(world, handle, lambda s: s.phase == "blocked", step=timedelta(seconds=20))
+    assert blocked.blocked_reason is not None and "no token" in blocked.blocked_reason
+    assert 3 < world.fake.dispatched.count(row(1).row_id) < 20  # backing off, not hammering
+
+
+# Last: these sessions block instead of waiting for a delayed retry, and the shared test server's clock stops
+# skipping for the tests after them.
 
 
 async def test_connect_drain_delivers_what_was_fetched_and_returns_its_state(world: World) -> None:
