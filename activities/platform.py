@@ -29,7 +29,10 @@ from typing import Any
 import httpx
 import orjson
 from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from activities.a2a import TextPart, build_reply_request, reply_message_id
 from activities.budget import Priority, RequestBudgets, next_poll_interval
@@ -74,6 +77,10 @@ from activities.messages import (
 BUDGET_HEARTBEAT_S = 5.0
 """While a request of a regular activity (``reply``, ``dispatch``) waits for the request budget, Temporal is
 heartbeated this often, so a long queue never looks like a dead worker (inside a session its pulse does it)."""
+BEAT_GRACE_S = 5.0
+"""A session ending (rows read, ``run_for_s``) waits up to this long for a platform beat it already sent."""
+UNSTICK_TIMEOUT_S = 5.0
+"""Time allowed for ``ResetStickyTaskQueue`` when a retried session moves its workflow off the lost worker."""
 SESSION_HEARTBEAT_RATIO = 1.2
 """A session's Temporal heartbeat timeout is this × its heartbeat cadence (``workflows.calls``): one missed
 heartbeat plus 20 % means the worker is gone."""
@@ -131,7 +138,7 @@ def _now() -> datetime:
 
 
 class _Beats:
-    """Heartbeat bookkeeping of one session: counts, the last accepted beat, and a lasting failure."""
+    """Heartbeat bookkeeping of one session: counts, the last accepted beat, the beat in flight, a lasting failure."""
 
     def __init__(self, last_beat_at: datetime | None) -> None:
         self.beats = 0
@@ -142,6 +149,8 @@ class _Beats:
         self.last_error = ""
         self.fatal: BaseException | None = None
         """An auth, gone or permanent failure of a beat: it ends the session."""
+        self.in_flight: asyncio.Task[httpx.Response | None] | None = None
+        """The platform beat sent and not answered yet; its outcome is recorded when it settles."""
 
     def ok(self) -> None:
         self.beats += 1
@@ -154,6 +163,45 @@ class _Beats:
         self.failing_since = self.failing_since or _now()
         self.failing_attempts += 1
         self.last_error = error
+
+    def send(self, beat: asyncio.Task[httpx.Response | None]) -> None:
+        """Track a beat just started: its outcome is recorded the moment it settles."""
+        self.in_flight = beat
+        beat.add_done_callback(self.settle)
+
+    def settle(self, beat: asyncio.Task[httpx.Response | None]) -> None:
+        """Record a settled beat's outcome (once: a done callback, and called directly by whoever awaited it)."""
+        if beat is not self.in_flight:
+            return
+        self.in_flight = None
+        if beat.cancelled():
+            return
+        error = beat.exception()
+        if error is not None:
+            self.fatal = error
+        elif beat.result() is not None:
+            self.ok()
+        else:
+            self.failed("heartbeat failed (network error, timeout or 5xx)")
+
+    async def finish(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for the beat in flight and record it; cancel it if it is still unanswered.
+
+        A session that ends (rows read, ``run_for_s``) while a beat is on its way must not abandon it: the platform
+        may accept it, and the next session, not knowing, would beat again at once, or, had it been cancelled before
+        it was sent, the workspace would go a whole interval longer without one.
+        """
+        beat = self.in_flight
+        if beat is None:
+            return
+        if grace_s > 0:
+            await asyncio.wait({beat}, timeout=grace_s)
+        if beat.done():
+            self.settle(beat)
+            return
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        self.in_flight = None
 
 
 class PlatformActivities:
@@ -435,7 +483,10 @@ class PlatformActivities:
         ``heartbeat_timeout / 1.2`` capped at ``heartbeat_interval_s``: with the default timeout (36 s) that is one
         Temporal heartbeat per platform beat (~120 billable actions an hour), and when the worker dies the activity
         times out within 36 s of its last beat and is retried on another worker, which beats at once: the platform
-        sees a gap under ~40 s, inside its 90 s stale window (docs/guarantees.md, failover).
+        sees a gap under ~40 s, inside its 90 s stale window (docs/guarantees.md §2, benchmarks/RESULTS.md). A retried
+        session first moves its workflow off the lost worker's sticky queue (:meth:`_unstick`). A session that ends
+        while a platform beat is on its way waits up to ``BEAT_GRACE_S`` for it and counts it, so the next session
+        does not beat again at once (nor, had the beat been dropped unsent, an interval late).
 
         Inbox (with ``input.poll``): as the ``poll`` activity, reads ``GET /workspaces/{id}/activity`` every
         ``poll_interval_s`` (idle backoff of ``activities.budget``) and returns as soon as a read brings rows, a
@@ -452,6 +503,8 @@ class PlatformActivities:
             asyncio.CancelledError: The workflow cancelled the session (control change, continue-as-new, drain).
         """
         info = activity.info()
+        if info.attempt > 1:
+            await self._unstick(info)
         timeout = (info.heartbeat_timeout or timedelta(seconds=36)).total_seconds()
         cadence = max(min(input.heartbeat_interval_s, timeout / SESSION_HEARTBEAT_RATIO), 0.5)
         beats = _Beats(input.last_beat_at)
@@ -461,14 +514,18 @@ class PlatformActivities:
         reader = asyncio.create_task(self._read_inbox(input, beats)) if input.poll is not None else None
         if reader is not None:
             tasks.add(reader)
+        ended = False
         try:
             done, _ = await asyncio.wait(tasks, timeout=input.run_for_s, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # re-raises Auth / Gone / TokenMissing
+            ended = True
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Cancelled or failed: drop the beat in flight. Ended: let it land and count it (``_Beats.finish``).
+            await beats.finish(BEAT_GRACE_S if ended else 0.0)
         news: PollResult | SessionResult | None = reader.result() if reader is not None and reader in done else None
         if pulse in done and pulse.result() is not None:
             news = pulse.result()
@@ -479,6 +536,31 @@ class PlatformActivities:
     @staticmethod
     def _beat_counts(beats: _Beats) -> dict[str, Any]:
         return {"beats": beats.beats, "beat_failures": beats.failures, "last_beat_at": beats.last_beat_at}
+
+    @staticmethod
+    async def _unstick(info: activity.Info) -> None:
+        """Send the workflow's next tasks to its task queue, not to the sticky queue of the worker that lost it.
+
+        A session is retried when its worker died (its heartbeat timed out) or could not serve it. Its workflow is
+        most likely cached on that same worker (the session was started there, eagerly), and Temporal hands a
+        workflow's tasks to the worker that has it cached while that worker's poll is recent, even a dead or frozen
+        one: the workflow task that takes in this session's rows would then wait there for the SDK's sticky timeout
+        (10 s) before any other worker may run it (and no session runs meanwhile). ``ResetStickyTaskQueue``, which
+        a worker shutting down gracefully sends itself, makes the next workflow task go to the task queue at once.
+        Best effort: a failure is logged and the session goes on.
+        """
+        if info.is_local or not info.workflow_id:
+            return
+        request = ResetStickyTaskQueueRequest(
+            namespace=info.namespace,
+            execution=WorkflowExecution(workflow_id=info.workflow_id, run_id=info.workflow_run_id or ""),
+        )
+        try:
+            await activity.client().workflow_service.reset_sticky_task_queue(
+                request, timeout=timedelta(seconds=UNSTICK_TIMEOUT_S)
+            )
+        except (RPCError, RuntimeError) as err:
+            activity.logger.warning("could not move the workflow off the previous worker's sticky queue: %s", err)
 
     async def _pulse(self, input: SessionInput, beats: _Beats, cadence: float) -> SessionResult | None:
         """Heartbeat Temporal every ``cadence`` seconds and, when due, the platform right after.
@@ -492,64 +574,37 @@ class PlatformActivities:
         ``trouble_after_s`` (``trouble``), or when one works again after ``in_trouble``; raises what ``_beat``
         raises (``Auth``, ``Gone``, ``TokenMissing``).
         """
-        beat_task: asyncio.Task[httpx.Response | None] | None = None
         now = time.monotonic()
         overdue = 0.0 if beats.last_beat_at is None else (_now() - beats.last_beat_at).total_seconds()
         next_beat = now + max(0.0, input.heartbeat_interval_s - overdue) if beats.last_beat_at else now
         next_pulse = min(next_beat, now + cadence)
-        try:
-            while True:
-                now = time.monotonic()
-                if now >= next_pulse - 0.05:
-                    activity.heartbeat()
-                    next_pulse = now + cadence
-                if beat_task is None and now >= next_beat - 0.05:
-                    beat_task = asyncio.create_task(self._beat(input.target, input.report))
-                    # A failed beat is tried again after 5 s, never later than the next regular beat.
-                    if await self._settle_beat(beat_task, beats, wait=min(cadence, 10.0)):
-                        beat_task = None
-                    retry = beats.failing_since is not None
-                    next_beat = time.monotonic() + (
-                        min(5.0, input.heartbeat_interval_s) if retry else input.heartbeat_interval_s
-                    )
-                elif beat_task is not None and beat_task.done():
-                    beat_task = None  # its outcome was recorded by its callback
-                if beats.fatal is not None:
-                    raise beats.fatal
-                if beats.failing_since is not None and _now() - beats.failing_since >= timedelta(
-                    seconds=input.trouble_after_s
-                ):
-                    return SessionResult(trouble=self._trouble("heartbeat", beats))
-                if input.in_trouble and input.poll is None and beats.beats:
-                    return SessionResult(recovered=True)
-                if await _pause(max(0.05, min(next_pulse, next_beat) - time.monotonic())):
-                    return None
-        finally:
-            if beat_task is not None:
-                beat_task.cancel()
-
-    @staticmethod
-    async def _settle_beat(task: asyncio.Task[httpx.Response | None], beats: _Beats, *, wait: float) -> bool:
-        """Wait up to ``wait`` seconds for a platform beat and record its outcome; ``False`` if still running."""
-        done, _ = await asyncio.wait({task}, timeout=wait)
-        if not done:
-            task.add_done_callback(lambda t: PlatformActivities._record_beat(t, beats))
-            return False
-        PlatformActivities._record_beat(task, beats)
-        return True
-
-    @staticmethod
-    def _record_beat(task: asyncio.Task[httpx.Response | None], beats: _Beats) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            beats.fatal = error
-            return
-        if task.result() is not None:
-            beats.ok()
-        else:
-            beats.failed("heartbeat failed (network error, timeout or 5xx)")
+        while True:
+            now = time.monotonic()
+            if now >= next_pulse - 0.05:
+                activity.heartbeat()
+                next_pulse = now + cadence
+            if beats.in_flight is None and now >= next_beat - 0.05:
+                beat = asyncio.create_task(self._beat(input.target, input.report))
+                beats.send(beat)
+                # A slow beat is not waited for past min(cadence, 10 s): it settles on its own (``_Beats.settle``).
+                await asyncio.wait({beat}, timeout=min(cadence, 10.0))
+                if beat.done():
+                    beats.settle(beat)
+                # A failed beat is tried again after 5 s, never later than the next regular beat.
+                retry = beats.failing_since is not None
+                next_beat = time.monotonic() + (
+                    min(5.0, input.heartbeat_interval_s) if retry else input.heartbeat_interval_s
+                )
+            if beats.fatal is not None:
+                raise beats.fatal
+            if beats.failing_since is not None and _now() - beats.failing_since >= timedelta(
+                seconds=input.trouble_after_s
+            ):
+                return SessionResult(trouble=self._trouble("heartbeat", beats))
+            if input.in_trouble and input.poll is None and beats.beats:
+                return SessionResult(recovered=True)
+            if await _pause(max(0.05, min(next_pulse, next_beat) - time.monotonic())):
+                return None
 
     @staticmethod
     def _trouble(operation: str, beats: _Beats) -> PlatformTrouble:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fleet, idle, latency, throughput
+from benchmarks import failover, fleet, idle, latency, throughput
 from benchmarks.report import Result, figures_table, load, machine_line, write
 from worker import loop as event_loop
 
@@ -26,9 +26,12 @@ SMOKE: dict[str, Any] = {
     "throughput": throughput.ThroughputParams(
         workspaces=2, messages=5, conversations=2, runs=1, warmup=1, poll_interval_s=0.2
     ),
-    "idle": idle.IdleParams(workspaces=2, minutes=10 / 60, settle_s=1.0, calibration_s=10.0),
+    "idle": idle.IdleParams(workspaces=2, minutes=10 / 60, heartbeat_interval_s=4.0, settle_s=1.0, calibration_s=10.0),
     "fleet": fleet.FleetParams(
         workspaces=5, poll_interval_s=0.5, settle_s=1.0, hold_s=5.0, probes=1, status_every_s=2.0
+    ),
+    "failover": failover.FailoverParams(
+        workspaces=3, failover_timeouts=(None,), heartbeat_interval_s=4.0, settle_s=1.0, window_s=3.0, observe_s=8.0
     ),
 }
 """Tiny sizes: a check that every scenario runs end to end (CI smoke test, ``all --smoke``), not a measurement."""
@@ -38,6 +41,7 @@ RUNNERS: dict[str, Callable[[Any], Coroutine[Any, Any, Result]]] = {
     "throughput": throughput.run,
     "idle": idle.run,
     "fleet": fleet.run,
+    "failover": failover.run,
 }
 
 
@@ -47,6 +51,15 @@ def _implementations(value: str) -> tuple[str, ...]:
     if value not in latency.IMPLEMENTATIONS:
         raise argparse.ArgumentTypeError(f"expected temporal, baseline or both, not {value!r}")
     return (value,)
+
+
+def _failover_timeout(value: str) -> float | None:
+    if value == "default":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'default', not {value!r}") from None
 
 
 def _option(value: str) -> tuple[str, str]:
@@ -108,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-max-wait", type=float, default=i.poll_max_wait_s, help="seconds (default 600)")
     p.add_argument("--heartbeat-run-for", type=float, default=i.heartbeat_run_for_s, help="seconds (default 3600)")
     p.add_argument("--calibration", type=float, default=i.calibration_s, help="cycle calibration seconds; 0 skips")
+    p.add_argument(
+        "--failover-timeout",
+        type=_failover_timeout,
+        default=None,
+        help="the session's failover_timeout_s (default: 1.2 × the heartbeat interval)",
+    )
 
     p = sub.add_parser("fleet", parents=[common], help="K workspaces on one worker process")
     f = fleet.FleetParams()
@@ -117,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", type=float, default=f.hold_s, help="seconds the settled fleet is held (default 150)")
     p.add_argument("--probes", type=int, default=f.probes, help="latency probes during the hold (default 5)")
     p.add_argument("--status-every", type=float, default=f.status_every_s, help="status sweep period (default 30)")
+
+    p = sub.add_parser("failover", parents=[common], help="N workspaces on two worker processes, one SIGKILLed")
+    o = failover.FailoverParams()
+    p.add_argument("--workspaces", type=int, default=o.workspaces, help=f"default {o.workspaces}")
+    p.add_argument(
+        "--failover-timeout",
+        type=_failover_timeout,
+        action="append",
+        dest="failover_timeouts",
+        help="failover_timeout_s of one round; repeat for several; 'default' is 1.2 × the heartbeat interval "
+        "(default: default and 8)",
+    )
+    p.add_argument("--heartbeat-interval", type=float, default=o.heartbeat_interval_s, help="seconds (default 30)")
+    p.add_argument("--poll-interval", type=float, default=o.poll_interval_s, help="seconds (default 1)")
+    p.add_argument("--settle", type=float, default=o.settle_s, help="seconds before the window (60)")
+    p.add_argument("--window", type=float, default=o.window_s, help=f"idle action window (default {o.window_s:g})")
+    p.add_argument("--observe", type=float, default=o.observe_s, help="seconds after the kill (120)")
+    p.add_argument("--stop", choices=("kill", "freeze"), default=o.stop, help="SIGKILL (default) or SIGSTOP the worker")
 
     p = sub.add_parser("all", parents=[common], help="every scenario with its defaults, then summary.md")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that everything runs, measures nothing")
@@ -155,6 +192,7 @@ def params_from(args: argparse.Namespace) -> Any:
             poll_max_wait_s=args.poll_max_wait,
             heartbeat_run_for_s=args.heartbeat_run_for,
             calibration_s=args.calibration,
+            failover_timeout_s=args.failover_timeout,
         )
     if args.scenario == "fleet":
         return fleet.FleetParams(
@@ -164,6 +202,17 @@ def params_from(args: argparse.Namespace) -> Any:
             hold_s=args.hold,
             probes=args.probes,
             status_every_s=args.status_every,
+        )
+    if args.scenario == "failover":
+        return failover.FailoverParams(
+            workspaces=args.workspaces,
+            failover_timeouts=tuple(args.failover_timeouts or failover.FailoverParams().failover_timeouts),
+            heartbeat_interval_s=args.heartbeat_interval,
+            poll_interval_s=args.poll_interval,
+            settle_s=args.settle,
+            window_s=args.window,
+            observe_s=args.observe,
+            stop=args.stop,
         )
     raise ValueError(args.scenario)
 

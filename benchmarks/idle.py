@@ -7,12 +7,13 @@ Two phases on one stack:
    ``event_time`` falls in the window), the dev server's ``action`` counter (Temporal Cloud's billable actions;
    it includes activity heartbeats, which are not in histories), platform requests by kind, and the CPU and memory
    of the worker process, the Temporal server and the platform.
-2. **Cycle calibration** — a long poll returns only every ``poll_max_wait_s`` (600 s) and the heartbeat activity
-   every ``heartbeat_run_for_s`` (3600 s), so a window of a few minutes may see no cycle at all. Two more
-   connectors run with 5 s / 10 s cycles for ``calibration_s``; the history events between consecutive activity
-   completions give the cost of one cycle (activity scheduled/started/completed plus the workflow task it triggers
-   and whatever that task commands). The steady state per workspace-hour is then
-   ``events per cycle × (3600 / poll_max_wait_s + 3600 / max(heartbeat_run_for_s, heartbeat_interval_s))``.
+2. **Cycle calibration** — an idle workspace's one activity, the ``session`` (platform heartbeats and the inbox
+   long poll), returns only every ``poll_max_wait_s`` (600 s), so a window of a few minutes may see no cycle at
+   all. Two more connectors run with 5 s cycles for ``calibration_s``; the history events between consecutive
+   activity completions give the cost of one cycle (activity scheduled/started/completed plus the workflow task it
+   triggers and whatever that task commands). The steady state per workspace-hour is then
+   ``events per cycle × 3600 / poll_max_wait_s``. (Connectors started before the session ran a separate heartbeat
+   activity, one more cycle every ``heartbeat_run_for_s``; RESULTS.md's "before" figures count it.)
 
 Billable actions per workspace-hour are projected the same way: heartbeat actions are time-based, so they are
 taken from the window's server counter; the rest (activity starts, upserts, markers, timers) per cycle from the
@@ -59,6 +60,9 @@ class IdleParams:
     poll_max_wait_s: float = 600.0
     heartbeat_run_for_s: float = 3600.0
     heartbeat_interval_s: float = 30.0
+    failover_timeout_s: float | None = None
+    """The session's heartbeat timeout (``None``: 1.2 × ``heartbeat_interval_s``); it sets the Temporal heartbeat
+    cadence, hence the heartbeat actions."""
     settle_s: float = 90.0
     """Wait after every connector polls before the window opens: startup events stay out of it, and the poll's idle
     backoff (longer pauses after 60 s without rows, ``activities.budget``) has reached its steady state."""
@@ -128,6 +132,7 @@ async def run(params: IdleParams) -> Result:
         "poll_max_wait_s": params.poll_max_wait_s,
         "heartbeat_run_for_s": params.heartbeat_run_for_s,
         "heartbeat_interval_s": params.heartbeat_interval_s,
+        "failover_timeout_s": params.failover_timeout_s,
     }
     async with running_stack() as stack:
         agents = await stack.workspaces("idle", params.workspaces)
@@ -136,7 +141,8 @@ async def run(params: IdleParams) -> Result:
             max_concurrent_activities=2 * params.workspaces + 20, request_budget_per_min=params.request_budget_per_min
         ):
             started = time.time()
-            handles = await stack.start_connectors(agents, settings)
+            # Spread over a heartbeat interval: heartbeats at every phase, none counted twice by the window's edges.
+            handles = await stack.start_connectors(agents, settings, spread_s=params.heartbeat_interval_s)
             await stack.wait_polling([a.id for a in agents], after=started)
             await asyncio.sleep(params.settle_s)
 
@@ -175,7 +181,7 @@ async def run(params: IdleParams) -> Result:
     events_per_ws_h = round(len(in_window) / ws_hours, 1)
     heartbeat_actions_per_ws_h = round(actions.get(HEARTBEAT_ACTION, 0.0) / ws_hours, 1)
     actions_per_ws_h = round(sum(actions.values()) / ws_hours, 1)
-    cycles_per_h = 3600 / params.poll_max_wait_s + 3600 / max(params.heartbeat_run_for_s, params.heartbeat_interval_s)
+    cycles_per_h = 3600 / params.poll_max_wait_s  # the session returns every poll_max_wait_s
     per_cycle = calibration.get("events_per_cycle")
     projected_events = round(per_cycle * cycles_per_h, 1) if per_cycle is not None else None
     actions_per_cycle = calibration.get("history_actions_per_cycle")

@@ -146,14 +146,27 @@ class Stack:
         backend: BackendSpec | None = None,
         *,
         concurrency: int = 16,
+        spread_s: float = 0.0,
     ) -> list[WorkflowHandle[Any, Any]]:
-        """Start one ``ConnectWorkflow`` per workspace (``worker.control.start_connector``)."""
+        """Start one ``ConnectWorkflow`` per workspace (``worker.control.start_connector``).
+
+        ``spread_s`` > 0 starts them one by one, evenly over that many seconds: spread over a heartbeat interval,
+        their heartbeats fall at every phase, as in a fleet started over time, instead of all at the same instants
+        (which a measuring window's edges could then count twice, or miss).
+        """
 
         async def start(workspace: CreatedWorkspace) -> WorkflowHandle[Any, Any]:
             connect_input = self.connect_input(workspace, settings, backend)
             return await start_connector(self.client, connect_input, task_queue=self.task_queue)
 
-        return await gather_limited(workspaces, start, limit=concurrency)
+        if spread_s <= 0:
+            return await gather_limited(workspaces, start, limit=concurrency)
+        began = time.monotonic()
+        handles = []
+        for index, workspace in enumerate(workspaces):
+            await asyncio.sleep(max(0.0, began + index * spread_s / len(workspaces) - time.monotonic()))
+            handles.append(await start(workspace))
+        return handles
 
     async def wait_polling(self, workspace_ids: list[str], *, after: float, timeout_s: float = 300.0) -> float:
         """Wait until every workspace's inbox was read since ``after`` (its cold start is done); return when.

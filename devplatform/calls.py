@@ -182,6 +182,10 @@ class CallBuilder:
             params={k: v for k, v in params.items() if v is not None},
         )
 
+    def liveness(self, workspace_id: str) -> Call[list[dict[str, Any]]]:
+        """``GET /admin/workspaces/{id}/liveness``."""
+        return Call("GET", f"/admin/workspaces/{workspace_id}/liveness", self._admin, _identity)
+
     def rows(self, workspace_id: str) -> Call[list[dict[str, Any]]]:
         """``GET /admin/workspaces/{id}/rows``."""
         return Call("GET", f"/admin/workspaces/{workspace_id}/rows", self._admin, _identity)

@@ -153,6 +153,15 @@ class PlatformAdmin:
         """
         return self._run(self._calls.inbox(workspace_id, token, since_id, limit, type, source, since_secs))
 
+    def liveness(self, workspace_id: str) -> list[dict[str, Any]]:
+        """A workspace's liveness log, oldest first (``GET /admin/workspaces/{id}/liveness``).
+
+        Returns:
+            ``[{"event": "register" | "heartbeat" | "stale", "status", "at"}]``: every accepted register and
+            heartbeat, and every stale sweep that sent it back to ``awaiting_agent``.
+        """
+        return self._run(self._calls.liveness(workspace_id))
+
     def rows(self, workspace_id: str) -> list[dict[str, Any]]:
         """Every row of an inbox, oldest first, with ``message_id`` and ``duplicates``.
 
@@ -339,6 +348,10 @@ class AsyncPlatformAdmin:
         return await self._run(
             self._calls.inbox(workspace_id, token, since_id, limit, type, source, since_secs)
         )
+
+    async def liveness(self, workspace_id: str) -> list[dict[str, Any]]:
+        """See :meth:`PlatformAdmin.liveness`."""
+        return await self._run(self._calls.liveness(workspace_id))
 
     async def rows(self, workspace_id: str) -> list[dict[str, Any]]:
         """See :meth:`PlatformAdmin.rows`."""

@@ -70,6 +70,14 @@ CREATE TABLE IF NOT EXISTS activity_rows (
 CREATE INDEX IF NOT EXISTS activity_rows_inbox ON activity_rows (workspace_id, created_at, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS activity_rows_message_id
     ON activity_rows (workspace_id, message_id) WHERE message_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS liveness_log (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    workspace_id TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    at           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS liveness_log_workspace ON liveness_log (workspace_id, seq);
 """
 
 _WORKSPACE_COLUMNS = (
@@ -100,6 +108,14 @@ def _dump(value: Any) -> str | None:
 
 def _load(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
+
+
+def _log_liveness(conn: sqlite3.Connection, workspace_id: str, event: str, status: str, at: str) -> None:
+    """Append to the liveness log (admin view ``GET /admin/workspaces/{id}/liveness``), in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO liveness_log (workspace_id, event, status, at) VALUES (?, ?, ?, ?)",
+        (workspace_id, event, status, at),
+    )
 
 
 def _workspace_from(row: sqlite3.Row) -> WorkspaceRecord:
@@ -255,19 +271,15 @@ class Database:
         Returns:
             The updated record.
         """
+        now = format_timestamp(self.now())
         with self._transaction() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "UPDATE workspaces SET status = 'online', last_heartbeat_at = ?, delivery_mode = ?, url = ?, "
                 "agent_card = ?, token_hash = COALESCE(?, token_hash) WHERE id = ? AND removed_at IS NULL",
-                (
-                    format_timestamp(self.now()),
-                    delivery_mode,
-                    url,
-                    _dump(agent_card),
-                    token_hash,
-                    workspace_id,
-                ),
+                (now, delivery_mode, url, _dump(agent_card), token_hash, workspace_id),
             )
+            if cursor.rowcount:
+                _log_liveness(conn, workspace_id, "register", "online", now)
         record = self.get_workspace(workspace_id)
         assert record is not None
         return record
@@ -303,20 +315,13 @@ class Database:
             ).fetchone()
             if row is None:
                 return None
+            status, now = next_status(row["status"]), format_timestamp(self.now())
             conn.execute(
                 "UPDATE workspaces SET status = ?, last_heartbeat_at = ?, active_tasks = ?, "
                 "current_task = ?, uptime_seconds = ?, error_rate = ?, runtime_state = ? WHERE id = ?",
-                (
-                    next_status(row["status"]),
-                    format_timestamp(self.now()),
-                    active_tasks,
-                    current_task,
-                    uptime_seconds,
-                    error_rate,
-                    runtime_state,
-                    workspace_id,
-                ),
+                (status, now, active_tasks, current_task, uptime_seconds, error_rate, runtime_state, workspace_id),
             )
+            _log_liveness(conn, workspace_id, "heartbeat", status, now)
         return self.get_workspace(workspace_id)
 
     def sweep_stale(self, stale_before: datetime) -> list[str]:
@@ -336,7 +341,22 @@ class Database:
                 "AND (last_heartbeat_at IS NULL OR last_heartbeat_at < ?) RETURNING id",
                 (cutoff,),
             ).fetchall()
+            now = format_timestamp(self.now())
+            for row in rows:
+                _log_liveness(conn, row["id"], "stale", "awaiting_agent", now)
         return [row["id"] for row in rows]
+
+    def liveness(self, workspace_id: str) -> list[dict[str, str]]:
+        """A workspace's liveness log, oldest first: every accepted register and heartbeat, every stale sweep.
+
+        Returns:
+            ``[{"event": "register" | "heartbeat" | "stale", "status": <status after it>, "at": <ISO-8601>}]``.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT event, status, at FROM liveness_log WHERE workspace_id = ? ORDER BY seq", (workspace_id,)
+            ).fetchall()
+        return [dict(row) for row in rows]
 
     # Activity rows
 

@@ -1,6 +1,6 @@
 """``/admin``: what tests, the demo and benchmarks need beyond the protocol (DESIGN.md §5).
 
-Workspaces (create → id + token, status, token rotation, removal), inbox inspection, hostile rows (stored
+Workspaces (create → id + token, status, token rotation, removal, liveness log), inbox inspection, hostile rows (stored
 and served verbatim, for connector tests of rows a real platform could return but the a2a route refuses),
 pruning (the source of cursor ``410``s), an on-demand stale sweep and fault injection. Every route needs the
 admin token; none is rate limited or faulted. Errors use FastAPI's usual ``422`` for invalid bodies; this router
@@ -140,6 +140,23 @@ async def remove_workspace(workspace_id: str, db: DbDep) -> OrjsonResponse:
     record = db.remove_workspace(workspace_id)
     assert record is not None
     return OrjsonResponse({"id": record.id, "status": record.status, "removed_at": record.removed_at})
+
+
+@router.get("/workspaces/{workspace_id}/liveness")
+async def liveness(workspace_id: str, db: DbDep) -> OrjsonResponse:
+    """A workspace's liveness log, oldest first: accepted registers and heartbeats, and stale sweeps.
+
+    What failover tests read: the gaps between accepted heartbeats (a register refreshes ``last_heartbeat_at``
+    too) and whether the workspace ever went ``awaiting_agent`` (PROTOCOL.md §1.6, §3.1–3.2).
+
+    Returns:
+        ``[{"event": "register" | "heartbeat" | "stale", "status": <status after it>, "at": <ISO-8601>}]``.
+
+    Raises:
+        ApiError: ``404`` for an unknown id.
+    """
+    _workspace(db, workspace_id)
+    return OrjsonResponse(db.liveness(workspace_id))
 
 
 @router.get("/workspaces/{workspace_id}/rows")

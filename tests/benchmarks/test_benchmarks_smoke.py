@@ -85,3 +85,15 @@ def test_spawn_cost_smoke_run_reports_every_combination() -> None:
     rows = [line for line in completed.stdout.splitlines() if line.startswith("| ") and "MiB" in line]
     assert len(rows) == 4, completed.stdout  # 2 loops × 1 heap × 2 spawners
     assert {row.split("|")[3].strip() for row in rows} == {"`create_subprocess_exec`", "`spawn()`"}
+
+
+async def test_failover_smoke_run_answers_after_the_kill(tmp_path: Path) -> None:
+    result = await run_scenario("failover", SMOKE["failover"], tmp_path)
+    data = _check(result, tmp_path, figures=set())
+    assert any(f["name"].startswith("heartbeat gap max, the dead worker's") for f in data["figures"])
+    (round_,) = data["details"]["rounds"]
+    params = SMOKE["failover"]
+    assert round_["moved"] >= 1
+    assert round_["moved_to_survivor"] == round_["moved"]
+    assert round_["replies"] == params.workspaces
+    assert round_["max_silence_moved_s"]["n"] == round_["moved"]

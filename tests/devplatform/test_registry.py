@@ -205,3 +205,26 @@ async def test_sweep_lifespan_loop_short_window_awaiting_agent(make_platform) ->
             return (await h.admin.workspace(ws.id))["status"] == "awaiting_agent"
 
         await wait_until(stale, timeout=5)
+
+
+async def test_liveness_log_records_accepted_beats_and_stale_sweeps(clocked: Harness, clock: FakeClock) -> None:
+    """Accepted registers and heartbeats, and the sweep's move to awaiting_agent, are logged in order."""
+    ws, other = await clocked.workspace("ws"), await clocked.workspace("other")
+    await register(clocked, ws.id, ws.token)
+    clock.advance(30)
+    await beat(clocked, ws.id, ws.token, error_rate=0.6)
+    assert (await beat(clocked, ws.id, other.token)).status_code == 403  # refused: not logged
+    clock.advance(91)
+    assert await clocked.admin.sweep() == [ws.id]
+    await beat(clocked, ws.id, ws.token)
+
+    log = await clocked.admin.liveness(ws.id)
+    assert [(e["event"], e["status"]) for e in log] == [
+        ("register", "online"),
+        ("heartbeat", "degraded"),
+        ("stale", "awaiting_agent"),
+        ("heartbeat", "online"),
+    ]
+    assert [e["at"] for e in log] == sorted(e["at"] for e in log)
+    assert log[1]["at"][:19] != log[0]["at"][:19]  # 30 s apart on the platform's clock
+    assert await clocked.admin.liveness(other.id) == []
