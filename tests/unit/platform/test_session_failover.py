@@ -1,4 +1,4 @@
-"""The ``session`` activity at its edges: how it ends with a platform beat in flight, and what a retry does first.
+"""The session activity across a failover: the sticky queue reset and the beats already sent (two workers, one lost).
 
 A scripted platform (``httpx.MockTransport``) in an ``ActivityEnvironment``. The failover itself (a worker process
 SIGKILLed, its sessions retried elsewhere) is tested end to end in ``tests/integration/test_failover.py``.
