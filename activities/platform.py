@@ -32,8 +32,8 @@ from activities.a2a import (
     parse_inbound,
     reply_message_id,
 )
-from activities.budget import Priority, RequestBudgets, next_poll_interval
-from activities.errors import ErrorType, classify_response, transport_error
+from activities.budget import Priority
+from activities.errors import ErrorType, classify_response, retry_after, transport_error
 from activities.messages import (
     BodyRef,
     HeartbeatInput,
@@ -48,6 +48,7 @@ from activities.messages import (
     ReplyResult,
     RowPointer,
 )
+from activities.planner import RequestBudgets
 
 INBOX_TYPE = "a2a_receive"
 DISPATCHED_METHODS = frozenset({"message/send", "message/stream"})
@@ -251,17 +252,14 @@ class PlatformActivities:
             token_for: Token lookup by workspace id.
             org_id: Sent as ``X-Molecule-Org-Id`` when set (hosted platforms, PROTOCOL.md §2).
             agent_version: ``agent_card.version`` sent on register.
-            budgets: The worker process's request budget per platform (``activities.budget``); unlimited when
-                ``None``.
+            budgets: The worker process's request budgets and read planners per platform (``activities.planner``);
+                unlimited when ``None``.
         """
         self._http = http
         self._token_for = token_for
         self._org_id = org_id
         self._agent_version = agent_version
         self._budgets = budgets if budgets is not None else RequestBudgets(per_minute=0)
-        self._quiet_since: dict[str, float] = {}
-        """Workspace id → when its inbox last had rows (or polling started), kept across poll runs in this process
-        so an idle inbox stays backed off when the workflow starts the next long poll (a hint: lost on restart)."""
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
@@ -293,22 +291,28 @@ class PlatformActivities:
         """Send one request within the platform's request budget; return the response whatever its status.
 
         ``priority`` orders requests waiting for the budget: heartbeats, then replies and register, then inbox reads.
-        Network errors raise ``Transient``.
+        A ``429`` lowers the budget's rate for a while (``RequestBudget.throttled``). Network errors raise
+        ``Transient``.
         """
         headers = self._headers(target, body=json_body is not None)
         headers.update(extra_headers or {})
         content = orjson.dumps(json_body) if json_body is not None else None
         await self._spend(target, priority)
         try:
-            return await self._http.request(
+            response = await self._http.request(
                 method, f"{target.platform_url}{path}", content=content, params=params, headers=headers
             )
         except httpx.HTTPError as err:
             raise transport_error(operation, err) from None
+        if response.status_code == 429:
+            delay = retry_after(response)
+            self._budgets.for_url(target.platform_url).throttled(delay.total_seconds() if delay else None)
+        return response
 
     async def _spend(self, target: PlatformTarget, priority: Priority) -> None:
         """Take one request from the platform's budget, heartbeating Temporal while queued for it."""
         budget = self._budgets.for_url(target.platform_url)
+        self._budgets.planner_for(target.platform_url).note_request(target.workspace_id, priority)
         if budget.try_acquire(priority):
             return
         acquire = asyncio.ensure_future(budget.acquire(priority))
@@ -501,10 +505,9 @@ class PlatformActivities:
         re-reads the newest rows without a cursor and keeps those created at or after the cursor row (the workflow's
         dedupe window drops anything already seen).
 
-        Idle backoff (``activities.budget.next_poll_interval``): after a minute without rows the pause between reads
-        grows ×1.5 per empty read up to ``max(10 s, poll_interval_s)``. The quiet spell is remembered per workspace
-        in this process, so the next long poll continues it; it ends, and reads go back to ``poll_interval_s``, as
-        soon as a read returns rows (which also ends this run). No input field is needed, so histories replay as is.
+        Each read waits for its turn from the platform's read planner (``activities.planner``): every
+        ``poll_interval_s`` however long the inbox has been quiet while the request budget has room, less often and
+        in round-robin order only when the worker's inboxes together want more reads than the budget leaves.
 
         Returns:
             Rows oldest first (skip rules applied), possibly empty after ``max_wait_s``.
@@ -515,20 +518,59 @@ class PlatformActivities:
         """
         deadline = time.monotonic() + input.max_wait_s
         workspace_id = input.target.workspace_id
-        quiet_since = self._quiet_since.setdefault(workspace_id, time.monotonic())
-        interval = input.poll_interval_s
+        planner = self._budgets.planner_for(input.target.platform_url)
         polls = 0
-        while True:
-            polls += 1
-            result = await self._poll_once(input)
-            activity.heartbeat(polls)
-            if result is not None:
-                if result.rows:
-                    self._quiet_since.pop(workspace_id, None)
-                return self._bounded(result).model_copy(update={"polls": polls})
-            interval = next_poll_interval(input.poll_interval_s, interval, time.monotonic() - quiet_since)
-            if time.monotonic() + interval >= deadline or await _pause(interval):
-                return PollResult(polls=polls)
+        try:
+            while True:
+                if await self._read_turn(input.target, input.poll_interval_s, deadline if polls else None):
+                    return PollResult(polls=polls)
+                polls += 1
+                result = await self._poll_once(input)
+                activity.heartbeat(polls)
+                if result is not None:
+                    if result.rows:
+                        planner.note_rows(workspace_id)
+                    return self._bounded(result).model_copy(update={"polls": polls})
+                if time.monotonic() + input.poll_interval_s >= deadline:
+                    return PollResult(polls=polls)
+        finally:
+            planner.done(workspace_id)
+
+    async def _read_turn(self, target: PlatformTarget, poll_interval_s: float, deadline: float | None) -> bool:
+        """Wait for the read planner's go for the next read of ``target``'s inbox, heartbeating Temporal meanwhile.
+
+        Args:
+            target: Our workspace.
+            poll_interval_s: The connector's ``poll_interval_s``.
+            deadline: ``time.monotonic()`` by which to give up; ``None``: wait as long as it takes.
+
+        Returns:
+            ``True`` when the caller should stop instead of reading: the deadline passed or the worker is shutting
+            down (the turn is kept: the next long poll of this inbox is served first).
+        """
+        if activity.is_worker_shutdown():
+            return True
+        turn = asyncio.ensure_future(
+            self._budgets.planner_for(target.platform_url).wait_for_read(target.workspace_id, poll_interval_s)
+        )
+        shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+        try:
+            while True:
+                timeout = BUDGET_HEARTBEAT_S
+                if deadline is not None:
+                    timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    return True
+                done, _ = await asyncio.wait({turn, shutdown}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if turn in done:
+                    turn.result()
+                    return False
+                if shutdown in done:
+                    return True
+                activity.heartbeat()
+        finally:
+            turn.cancel()  # no-op once granted; otherwise leaves the planner's queue
+            shutdown.cancel()
 
     # --- re-read a body passed by reference --------------------------------------------------------------------
 

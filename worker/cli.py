@@ -105,6 +105,15 @@ RequestBudgetOption = Annotated[
         min=0,
     ),
 ]
+SharedBudgetOption = Annotated[
+    bool,
+    typer.Option(
+        "--shared-budget/--no-shared-budget",
+        envvar="MOLECULE_SHARED_BUDGET",
+        help="Split the request budget with the other workers on this host (they share its IP) instead of each "
+        "using all of it.",
+    ),
+]
 RequestBurstOption = Annotated[
     int,
     typer.Option(
@@ -230,6 +239,7 @@ class _Budget:
 
     per_min: float = DEFAULT_PER_MINUTE
     burst: int = DEFAULT_BURST
+    shared: bool = True
 
 
 async def _serve(
@@ -242,6 +252,8 @@ async def _serve(
 ) -> None:
     """Connect, run a worker until signalled, then shut down within ``shutdown_grace`` seconds."""
     from worker.assemble import metrics_runtime, running_worker
+    from worker.budget_share import SHARE_DIR
+    from worker.settings import state_dir
 
     runtime = metrics_runtime(metrics_port) if metrics_port else None
     if metrics_port:
@@ -256,9 +268,39 @@ async def _serve(
         graceful_shutdown=timedelta(seconds=shutdown_grace),
         request_budget_per_min=budget.per_min,
         request_burst=budget.burst,
+        budget_share_dir=state_dir() / SHARE_DIR if budget.shared else None,
     ):
+        await _announce_budget(connected.client, task_queue, budget)
         await _until_signalled(await started(connected.client))
     announce("worker stopped")
+
+
+async def _announce_budget(client: Client, task_queue: str, budget: _Budget) -> None:
+    """Say at start-up how often inboxes will be read, and whether the budget can carry the task queue's connectors.
+
+    Counts the running connectors on ``task_queue`` (Temporal visibility) as if this worker served them all.
+    """
+    from activities.planner import overload_advice, read_interval
+
+    if budget.per_min <= 0:
+        announce("request budget: unlimited (every inbox is read each poll_interval_s)")
+        return
+    query = f"WorkflowType = 'ConnectWorkflow' AND TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+    try:
+        count = (await asyncio.wait_for(client.count_workflows(query), timeout=10)).count
+    except Exception:  # noqa: BLE001 - a hint only: visibility may be slow or restricted
+        return
+    interval = read_interval(budget.per_min, count)
+    scope = " (split with the other workers on this host)" if budget.shared else ""
+    if interval is None:
+        logging.getLogger(__name__).warning(
+            "request budget overloaded: %s", overload_advice("each platform", count, budget.per_min)
+        )
+    elif count:
+        announce(
+            f"request budget {budget.per_min:g}/min per platform{scope}: with {count} connector(s) on {task_queue}, "
+            f"each inbox is read every {interval:.1f} s at a 1 s poll if this worker serves them all"
+        )
 
 
 def _print_ui(ui_url: str | None) -> None:
@@ -291,6 +333,7 @@ def run(
     log_level: LogLevelOption = "INFO",
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
     request_burst: RequestBurstOption = DEFAULT_BURST,
+    shared_budget: SharedBudgetOption = True,
 ) -> None:
     """Run a worker and ensure the workspace's connector workflow; Ctrl-C stops the worker only.
 
@@ -306,7 +349,7 @@ def run(
         handle = await start_connector(client, input, task_queue=task_queue)
         return f"connector {handle.id} running on task queue {task_queue}"
 
-    budget = _Budget(request_budget, request_burst)
+    budget = _Budget(request_budget, request_burst, shared_budget)
     _run_async(lambda: _serve(task_queue, tokens, shutdown_grace, metrics_port, started, budget))
 
 
@@ -319,6 +362,7 @@ def worker(
     log_level: LogLevelOption = "INFO",
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
     request_burst: RequestBurstOption = DEFAULT_BURST,
+    shared_budget: SharedBudgetOption = True,
 ) -> None:
     """Run a worker only: it serves every connector on the task queue (fleets run many of these)."""
     _configure_logging(log_format, log_level)
@@ -327,7 +371,7 @@ def worker(
     async def started(client: Client) -> str:
         return f"worker running on task queue {task_queue}"
 
-    budget = _Budget(request_budget, request_burst)
+    budget = _Budget(request_budget, request_burst, shared_budget)
     _run_async(lambda: _serve(task_queue, tokens, shutdown_grace, metrics_port, started, budget))
 
 
