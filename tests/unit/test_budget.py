@@ -7,6 +7,7 @@ import asyncio
 
 import httpx
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import activities.platform as platform_module
@@ -251,3 +252,23 @@ async def test_request_waiting_for_budget_heartbeats_temporal(monkeypatch: pytes
     assert len(requests) == 2
     assert len(beats) >= 2
     assert budgets.for_url(target.platform_url).queued == 1
+
+
+async def test_platform_429_lowers_the_budget_not_only_retried() -> None:
+    """A 429 answer still fails the request as Transient (Temporal retries it after Retry-After), and also halves
+    the platform's budget and empties it for Retry-After."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "rate limited"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        budgets = RequestBudgets(per_minute=480, burst=20)
+        acts = PlatformActivities(http, lambda workspace_id: "tok", budgets=budgets)
+        target = PlatformTarget(workspace_id="11111111-1111-4111-8111-111111111111", platform_url="https://p.test")
+        with pytest.raises(ApplicationError) as raised:
+            await ActivityEnvironment().run(acts.register, RegisterInput(target=target))
+    assert raised.value.type == "Transient"
+    bucket = budgets.for_url(target.platform_url)
+    assert bucket.throttles == 1
+    assert bucket.effective_per_minute() == pytest.approx(240)
+    assert not bucket.try_acquire(Priority.HEARTBEAT)  # nothing before Retry-After
