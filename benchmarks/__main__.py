@@ -1,21 +1,22 @@
 """``python -m benchmarks <scenario> [options] [--out DIR]``: run one scenario (or ``all``) and write its report.
 
 Each scenario starts its own Temporal dev server, devplatform process and in-process worker, prints its figures
-table and writes ``<out>/<scenario>.json`` and ``<out>/<scenario>.md``. ``all`` runs the four scenarios in turn
-(each in its own process; the baseline runs inside ``latency`` and ``throughput``) and also writes
-``<out>/summary.md``.
+table and writes ``<out>/<scenario>.json`` and ``<out>/<scenario>.md``. ``all`` runs the five scenarios in turn
+(each in its own process; the baseline runs inside ``latency``, ``throughput`` and ``sporadic``, the last one at its
+``--quick`` size) and also writes ``<out>/summary.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fleet, idle, latency, throughput
+from benchmarks import fleet, idle, latency, sporadic, throughput
 from benchmarks.report import Result, figures_table, load, machine_line, write
 from worker import loop as event_loop
 
@@ -30,6 +31,7 @@ SMOKE: dict[str, Any] = {
     "fleet": fleet.FleetParams(
         workspaces=5, poll_interval_s=0.5, settle_s=1.0, hold_s=5.0, probes=1, status_every_s=2.0
     ),
+    "sporadic": sporadic.SporadicParams(messages=2, min_silence_s=0.2, max_silence_s=1.0, burst=3),
 }
 """Tiny sizes: a check that every scenario runs end to end (CI smoke test, ``all --smoke``), not a measurement."""
 
@@ -38,7 +40,10 @@ RUNNERS: dict[str, Callable[[Any], Coroutine[Any, Any, Result]]] = {
     "throughput": throughput.run,
     "idle": idle.run,
     "fleet": fleet.run,
+    "sporadic": sporadic.run,
 }
+ALL_ARGS: dict[str, list[str]] = {"sporadic": ["--quick"]}
+"""Extra arguments of a scenario in ``all`` (the full ``sporadic`` run takes about an hour)."""
 
 
 def _implementations(value: str) -> tuple[str, ...]:
@@ -118,6 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", type=int, default=f.probes, help="latency probes during the hold (default 5)")
     p.add_argument("--status-every", type=float, default=f.status_every_s, help="status sweep period (default 30)")
 
+    p = sub.add_parser("sporadic", parents=[common], help="1 workspace, messages after silences of 30 s to 5 min")
+    sp = sporadic.SporadicParams()
+    p.add_argument("--messages", type=int, default=None, help=f"messages after a silence (default {sp.messages})")
+    p.add_argument(
+        "--silence",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help=f"silence before each message, seconds (default {sp.min_silence_s:g} {sp.max_silence_s:g})",
+    )
+    p.add_argument("--burst", type=int, default=None, help=f"closing burst per exec workspace (default {sp.burst})")
+    p.add_argument("--poll-interval", type=float, default=sp.poll_interval_s, help="seconds (default 1)")
+    p.add_argument("--backend-delay", type=float, default=sp.backend_delay_s, help="exec backend sleep (0.2 s)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{sporadic.QUICK.messages} messages, silences of {sporadic.QUICK.min_silence_s:g}–"
+        f"{sporadic.QUICK.max_silence_s:g} s, burst {sporadic.QUICK.burst} (~10 min instead of ~1 h)",
+    )
+
     p = sub.add_parser("all", parents=[common], help="every scenario with its defaults, then summary.md")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that everything runs, measures nothing")
     return parser
@@ -165,6 +191,20 @@ def params_from(args: argparse.Namespace) -> Any:
             probes=args.probes,
             status_every_s=args.status_every,
         )
+    if args.scenario == "sporadic":
+        base = sporadic.QUICK if args.quick else sporadic.SporadicParams()
+        silence = args.silence or (base.min_silence_s, base.max_silence_s)
+        if not 0 <= silence[0] <= silence[1]:
+            raise SystemExit("--silence MIN MAX needs 0 <= MIN <= MAX")
+        return dataclasses.replace(
+            base,
+            messages=base.messages if args.messages is None else args.messages,
+            min_silence_s=silence[0],
+            max_silence_s=silence[1],
+            burst=base.burst if args.burst is None else args.burst,
+            poll_interval_s=args.poll_interval,
+            backend_delay_s=args.backend_delay,
+        )
     raise ValueError(args.scenario)
 
 
@@ -187,7 +227,9 @@ async def _main(args: argparse.Namespace) -> None:
             results.append(await run_scenario(name, SMOKE[name], args.out))
             continue
         # A process per scenario, so memory and CPU figures are not inherited from the previous scenario.
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "benchmarks", name, "--out", str(args.out))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks", name, "--out", str(args.out), *ALL_ARGS.get(name, [])
+        )
         if await proc.wait() != 0:
             sys.exit(f"benchmark {name} failed (exit {proc.returncode})")
         results.append(load(args.out / f"{name}.json"))

@@ -60,8 +60,8 @@ class IdleParams:
     heartbeat_run_for_s: float = 3600.0
     heartbeat_interval_s: float = 30.0
     settle_s: float = 90.0
-    """Wait after every connector polls before the window opens: startup events stay out of it, and the poll's idle
-    backoff (longer pauses after 60 s without rows, ``activities.budget``) has reached its steady state."""
+    """Wait after every connector polls before the window opens, so startup events stay out of it (inbox reads are
+    planned from the request budget, ``activities.planner``: an idle inbox is read every ``poll_interval_s``)."""
     request_budget_per_min: float = 0.0
     """The worker's platform request budget; ``0``: unlimited."""
     calibration_s: float = 45.0

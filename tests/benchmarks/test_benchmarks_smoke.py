@@ -85,3 +85,26 @@ def test_spawn_cost_smoke_run_reports_every_combination() -> None:
     rows = [line for line in completed.stdout.splitlines() if line.startswith("| ") and "MiB" in line]
     assert len(rows) == 4, completed.stdout  # 2 loops × 1 heap × 2 spawners
     assert {row.split("|")[3].strip() for row in rows} == {"`create_subprocess_exec`", "`spawn()`"}
+
+
+async def test_sporadic_smoke_run_answers_every_message_on_both_implementations(tmp_path: Path) -> None:
+    result = await run_scenario("sporadic", SMOKE["sporadic"], tmp_path)
+    data = _check(
+        result,
+        tmp_path,
+        figures={"latency p50 after a silence (echo)", "latency p95 after a silence (0.2 s exec)"},
+    )
+    params = SMOKE["sporadic"]
+    agents = data["details"]["agents"]
+    assert set(agents) == {"temporal/echo", "temporal/exec", "baseline/echo", "baseline/exec"}
+    assert all(a["latency_ms"]["n"] == params.messages for a in agents.values())
+    assert agents["temporal/exec"]["burst"]["messages"] == params.burst
+    assert not any(key.endswith(" 429") for key in data["details"]["platform_requests"])
+
+
+def test_sporadic_quick_and_silence_options_parse() -> None:
+    parser = build_parser()
+    params = params_from(parser.parse_args(["sporadic", "--quick", "--silence", "1", "2", "--messages", "3"]))
+    assert (params.messages, params.min_silence_s, params.max_silence_s) == (3, 1.0, 2.0)
+    with pytest.raises(SystemExit):
+        params_from(parser.parse_args(["sporadic", "--silence", "5", "1"]))
