@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=t.max_concurrency, help="connector lanes (default 4)")
     p.add_argument("--impl", type=_implementations, default=t.implementations, help="temporal, baseline or both")
     p.add_argument("--backend", default=t.backend, help="backend name (default echo)")
+    p.add_argument(
+        "--worker-processes",
+        type=int,
+        default=t.worker_processes,
+        help="worker processes for the connector on one task queue (default 1)",
+    )
     p.add_argument("-o", "--backend-option", type=_option, action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("idle", parents=[common], help="N idle workspaces for T minutes: history, actions, requests")
@@ -114,14 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-run-for", type=float, default=i.heartbeat_run_for_s, help="seconds (default 3600)")
     p.add_argument("--calibration", type=float, default=i.calibration_s, help="cycle calibration seconds; 0 skips")
 
-    p = sub.add_parser("fleet", parents=[common], help="K workspaces on one worker process")
+    p = sub.add_parser("fleet", parents=[common], help="K workspaces on one worker process, default budget")
     f = fleet.FleetParams()
     p.add_argument("--workspaces", type=int, default=f.workspaces, help=f"default {f.workspaces}")
     p.add_argument("--poll-interval", type=float, default=f.poll_interval_s, help="seconds (default 1)")
     p.add_argument("--settle", type=float, default=f.settle_s, help="seconds after online before the hold (90)")
     p.add_argument("--hold", type=float, default=f.hold_s, help="seconds the settled fleet is held (default 150)")
-    p.add_argument("--probes", type=int, default=f.probes, help="latency probes during the hold (default 5)")
+    p.add_argument("--probes", type=int, default=f.probes, help=f"first-message probes (default {f.probes})")
     p.add_argument("--status-every", type=float, default=f.status_every_s, help="status sweep period (default 30)")
+    p.add_argument(
+        "--request-budget",
+        type=float,
+        default=f.request_budget_per_min,
+        help=f"the worker's requests/min (default {f.request_budget_per_min:g}; 0: unlimited)",
+    )
+    p.add_argument(
+        "--platform-rate-limit",
+        type=int,
+        default=f.platform_rate_limit_per_min,
+        help=f"the platform's requests/min per IP (default {f.platform_rate_limit_per_min}; 0: off)",
+    )
 
     p = sub.add_parser("sporadic", parents=[common], help="1 workspace, messages after silences of 30 s to 5 min")
     sp = sporadic.SporadicParams()
@@ -172,6 +190,7 @@ def params_from(args: argparse.Namespace) -> Any:
             implementations=args.impl,
             backend=args.backend,
             backend_options=dict(args.backend_option),
+            worker_processes=args.worker_processes,
         )
     if args.scenario == "idle":
         return idle.IdleParams(
@@ -190,6 +209,8 @@ def params_from(args: argparse.Namespace) -> Any:
             hold_s=args.hold,
             probes=args.probes,
             status_every_s=args.status_every,
+            request_budget_per_min=args.request_budget,
+            platform_rate_limit_per_min=args.platform_rate_limit,
         )
     if args.scenario == "sporadic":
         base = sporadic.QUICK if args.quick else sporadic.SporadicParams()
