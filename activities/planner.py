@@ -147,8 +147,8 @@ def overload_advice(platform: str, workspaces: int, per_minute: float) -> str:
     # N workspaces at a 1 s poll are each read every 60 N / (B - 2N) s: at most every 30 s while N <= B / 4.
     return (
         f"{workspaces} workspaces on {platform or 'the platform'} need {HEARTBEATS_PER_MIN * workspaces:.0f} "
-        f"heartbeats/min, more than the {per_minute:.0f} requests/min this worker may send: some go awaiting_agent "
-        f"and inboxes are read rarely; {int(per_minute // 4)} workspaces per {per_minute:.0f}/min keep every inbox "
+        f"heartbeats/min, more than the {per_minute:.0f} requests/min this worker may send: heartbeats come late and "
+        f"inboxes are hardly read; {int(per_minute // 4)} workspaces per {per_minute:.0f}/min keep every inbox "
         "read at least every 30 s: spread the workspaces over workers on more client IPs (README: Request budget)"
     )
 
