@@ -294,7 +294,7 @@ async def _announce_budget(client: Client, task_queue: str, budget: _Budget) -> 
     scope = " (split with the other workers on this host)" if budget.shared else ""
     if interval is None:
         logging.getLogger(__name__).warning(
-            "request budget overloaded: %s", overload_advice("each platform", count, budget.per_min)
+            "request budget overloaded: %s", overload_advice("", count, budget.per_min)
         )
     elif count:
         announce(
