@@ -31,7 +31,7 @@ SMOKE: dict[str, Any] = {
     "fleet": fleet.FleetParams(
         workspaces=5, poll_interval_s=0.5, settle_s=1.0, hold_s=5.0, probes=1, status_every_s=2.0
     ),
-    "sporadic": sporadic.SporadicParams(messages=2, min_silence_s=0.2, max_silence_s=1.0, burst=3),
+    "sporadic": sporadic.SporadicParams(messages=2, min_silence_s=0.2, max_silence_s=1.0, burst=3, replicas=1),
 }
 """Tiny sizes: a check that every scenario runs end to end (CI smoke test, ``all --smoke``), not a measurement."""
 
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"silence before each message, seconds (default {sp.min_silence_s:g} {sp.max_silence_s:g})",
     )
     p.add_argument("--burst", type=int, default=None, help=f"closing burst per exec workspace (default {sp.burst})")
+    p.add_argument(
+        "--replicas", type=int, default=None, help=f"workspaces per implementation and backend (default {sp.replicas})"
+    )
     p.add_argument("--poll-interval", type=float, default=sp.poll_interval_s, help="seconds (default 1)")
     p.add_argument("--backend-delay", type=float, default=sp.backend_delay_s, help="exec backend sleep (0.2 s)")
     p.add_argument(
@@ -223,6 +226,7 @@ def params_from(args: argparse.Namespace) -> Any:
             min_silence_s=silence[0],
             max_silence_s=silence[1],
             burst=base.burst if args.burst is None else args.burst,
+            replicas=base.replicas if args.replicas is None else args.replicas,
             poll_interval_s=args.poll_interval,
             backend_delay_s=args.backend_delay,
         )

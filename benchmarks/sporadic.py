@@ -6,9 +6,10 @@ production):
 
 - for each backend (``echo``, and ``exec`` sleeping 0.2 s), one workspace served by the Temporal connector, alone on
   its own worker with the default request budget (``activities.planner``), and one served by the plain-loop
-  baseline (``benchmarks.baseline_loop``);
-- ``messages`` times: a random silence in ``[min_silence_s, max_silence_s]``, then one message to each of the
-  four workspaces at once, and a wait for the four replies;
+  baseline (``benchmarks.baseline_loop``); ``replicas`` such sets, for more samples per silence (each connector
+  still alone on its worker);
+- ``messages`` times: a random silence in ``[min_silence_s, max_silence_s]``, then one message to each workspace
+  (the four of a set at once, the sets :data:`REPLICA_GAP_S` apart), and a wait for every reply;
 - at the end, after one more silence, a burst of ``burst`` messages over 8 conversations to both ``exec``
   workspaces: how long after a silence a burst takes to clear (the connector runs 4 lanes, the baseline one).
 
@@ -57,7 +58,12 @@ class SporadicParams:
     """The platform's per-IP limit (production: 600); ``0``: off."""
     reply_timeout_s: float = 120.0
     seed: int = 15
+    replicas: int = 4
+    """Sets of four workspaces (2 implementations × 2 backends) messaged after each silence."""
 
+
+REPLICA_GAP_S = 0.25
+"""Sets are messaged this far apart, so their deliveries do not compete for the CPU."""
 
 QUICK = SporadicParams(messages=8, min_silence_s=30.0, max_silence_s=90.0, burst=20)
 """``--quick``: about 10 minutes instead of about an hour."""
@@ -71,7 +77,7 @@ def backends(params: SporadicParams) -> dict[str, BackendSpec]:
 
 @contextlib.asynccontextmanager
 async def _serving(
-    stack: Stack, agents: dict[tuple[str, str], CreatedWorkspace], params: SporadicParams
+    stack: Stack, agents: dict[tuple[str, str, int], CreatedWorkspace], params: SporadicParams
 ) -> AsyncIterator[None]:
     """Serve every agent: a worker of its own per Temporal connector, a baseline loop per baseline one."""
     settings = {"poll_interval_s": params.poll_interval_s}
@@ -86,9 +92,9 @@ async def _serving(
         # Registered first, so it runs last: after the workers stopped, no activity completes into a closed workflow.
         serving.push_async_callback(terminate)
         state_dir = Path(serving.enter_context(tempfile.TemporaryDirectory(prefix="bench-sporadic-")))
-        for (implementation, label), agent in agents.items():
+        for (implementation, label, replica), agent in agents.items():
             if implementation == "temporal":
-                task_queue = f"{stack.task_queue}-{label}"
+                task_queue = f"{stack.task_queue}-{label}-{replica}"
                 await serving.enter_async_context(
                     stack.worker(request_budget_per_min=params.request_budget_per_min, task_queue=task_queue)
                 )
@@ -115,7 +121,8 @@ async def run(params: SporadicParams) -> Result:
     async with running_stack(rate_limit_per_min=params.platform_rate_limit_per_min) as stack:
         peer = (await stack.workspaces("peer", 1))[0]
         agents = {
-            (implementation, label): (await stack.workspaces(f"sporadic-{implementation}-{label}", 1))[0]
+            (implementation, label, replica): (await stack.workspaces(f"sporadic-{implementation}-{label}", 1))[0]
+            for replica in range(params.replicas)
             for implementation in ("temporal", "baseline")
             for label in backends(params)
         }
@@ -125,19 +132,23 @@ async def run(params: SporadicParams) -> Result:
             for index in range(params.messages):
                 silences.append(rng.uniform(params.min_silence_s, params.max_silence_s))
                 await asyncio.sleep(silences[-1])
-                await asyncio.gather(
-                    *(
-                        stack.admin.send_text(a.id, f"ping {index}", sender=peer, context_id="sporadic")
-                        for a in agents.values()
+                for replica in range(params.replicas):
+                    if replica:
+                        await asyncio.sleep(REPLICA_GAP_S)
+                    await asyncio.gather(
+                        *(
+                            stack.admin.send_text(a.id, f"ping {index}", sender=peer, context_id="sporadic")
+                            for key, a in agents.items()
+                            if key[2] == replica
+                        )
                     )
-                )
                 expected += len(agents)
                 await stack.wait_replies(peer.id, expected, timeout_s=params.reply_timeout_s, interval_s=0.01)
             burst_from = time.time()
             if params.burst:
                 silences.append(rng.uniform(params.min_silence_s, params.max_silence_s))
                 await asyncio.sleep(silences[-1])
-                targets = [agents["temporal", "exec"], agents["baseline", "exec"]]
+                targets = [agents["temporal", "exec", 0], agents["baseline", "exec", 0]]
                 burst = [
                     (target.id, peer, text_message(f"burst {i}", context_id=f"{target.id[:8]}-c{i % 8}"))
                     for i in range(params.burst)
@@ -156,16 +167,18 @@ async def run(params: SporadicParams) -> Result:
         machine = stack.machine
 
     per_agent: dict[tuple[str, str], dict[str, Any]] = {}
-    for key, agent in agents.items():
-        mine = [d for d in deliveries if d.workspace_id == agent.id]
+    minutes = max((burst_from - measured_from) / 60.0, 1e-9)
+    for implementation, label in {(i, label) for i, label, _ in agents}:
+        keys = [k for k in agents if k[:2] == (implementation, label)]
+        ids = {agents[k].id for k in keys}
+        mine = [d for d in deliveries if d.workspace_id in ids]
         single = [d for d in mine if measured_from <= d.received < burst_from]
         burst_part = [d for d in mine if d.received >= burst_from]
-        quiet_reads = [start for start, _, _ in reads[key] if measured_from <= start < burst_from]
-        minutes = max((burst_from - measured_from) / 60.0, 1e-9)
-        per_agent[key] = {
+        quiet_reads = [start for k in keys for start, _, _ in reads[k] if measured_from <= start < burst_from]
+        per_agent[implementation, label] = {
             **summary_ms(single),
             "latencies_ms": [round(d.latency_s * 1000, 1) for d in single],
-            "inbox_reads_per_min": round(len(quiet_reads) / minutes, 1),
+            "inbox_reads_per_min": round(len(quiet_reads) / minutes / len(keys), 1),
             "burst": _burst(burst_part),
         }
     return Result(
@@ -180,7 +193,8 @@ async def run(params: SporadicParams) -> Result:
             "measured_s": round(measured_to - measured_from, 1),
         },
         notes=[
-            "One message to each workspace after each random silence; latency = reply created_at − inbound "
+            f"One message to each workspace after each random silence, {params.replicas} workspace(s) per "
+            "implementation and backend (figures pool them); latency = reply created_at − inbound "
             "created_at (platform clock). Each Temporal connector is alone on its worker with the default "
             f"request budget ({params.request_budget_per_min:g}/min); the platform's rate limit is "
             f"{params.platform_rate_limit_per_min or 'off'}/min per IP.",

@@ -97,7 +97,7 @@ async def test_sporadic_smoke_run_answers_every_message_on_both_implementations(
     params = SMOKE["sporadic"]
     agents = data["details"]["agents"]
     assert set(agents) == {"temporal/echo", "temporal/exec", "baseline/echo", "baseline/exec"}
-    assert all(a["latency_ms"]["n"] == params.messages for a in agents.values())
+    assert all(a["latency_ms"]["n"] == params.messages * params.replicas for a in agents.values())
     assert agents["temporal/exec"]["burst"]["messages"] == params.burst
     assert not any(key.endswith(" 429") for key in data["details"]["platform_requests"])
 
