@@ -41,9 +41,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict
-
 from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE, Clock, Priority, RequestBudget, Sleep
+from activities.messages import Model
 
 HEARTBEATS_PER_MIN = 2.0
 """Heartbeats one workspace sends per minute (every 30 s, docs/protocol.md §3.2)."""
@@ -63,10 +62,11 @@ PLAN_EVERY_S = 1.0
 logger = logging.getLogger(__name__)
 
 
-class BudgetPlan(BaseModel):
-    """How a worker process spends its request budget for one platform right now (:meth:`ReadPlanner.describe`)."""
+class BudgetPlan(Model):
+    """How a worker process spends its request budget for one platform right now (:meth:`ReadPlanner.describe`).
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    Frozen and JSON-ready, so a session activity can carry it to its workflow's ``status``.
+    """
 
     platform: str
     """The platform's origin (scheme, host and port)."""
