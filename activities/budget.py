@@ -1,9 +1,9 @@
-"""The request budget: how many platform requests a worker process may send, and how often an idle inbox is read.
+"""The request budget: how many platform requests a worker process may send, and in which order.
 
-A platform answers ``429`` past 600 requests/min per client IP (PROTOCOL.md §2), and every connector served by one
-worker process shares that IP. So all of a process's platform requests draw from one token bucket per platform
-(:class:`RequestBudgets`), sized below the limit, and idle inboxes are read less often (:func:`next_poll_interval`),
-so a fleet stays inside the budget without each connector knowing about the others.
+A platform answers ``429`` past 600 requests/min per client IP (docs/protocol.md §2), and every connector served by
+one worker process shares that IP. So all of a process's platform requests draw from one token bucket per platform
+(:class:`RequestBudget`), sized below the limit; when each inbox is read within it is planned by
+:class:`activities.planner.ReadPlanner`, which also keeps the buckets per platform (``RequestBudgets``).
 
 Contract of :class:`RequestBudget`:
 
@@ -17,17 +17,22 @@ Contract of :class:`RequestBudget`:
   long, as they only come from what reads delivered.
 - Fair: within a class, requests are served in arrival order. A cancelled waiter leaves the queue, and a token
   handed to a waiter cancelled before it could use it goes back into the bucket.
-- ``per_minute <= 0`` means unlimited: nothing ever waits.
+- Shared: :meth:`RequestBudget.set_share` scales rate and burst to this process's share of a budget that several
+  worker processes behind one IP split (``worker.budget_share``).
+- Told off: :meth:`RequestBudget.throttled` (the platform answered ``429``) sends nothing before ``Retry-After`` and
+  lowers the rate to half for at least :data:`THROTTLE_HOLD_S`, then brings it back over :data:`THROTTLE_RECOVER_S`:
+  a ``429`` means something else on our IP uses the limit too, so retrying at the old rate would only collect more.
+- ``per_minute <= 0`` means unlimited: nothing ever waits, and ``429`` answers change no rate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 DEFAULT_PER_MINUTE = 480
 """Default budget per platform: the platform's 600 requests/min/IP (PROTOCOL.md §2) with 20 % headroom for other
@@ -36,13 +41,19 @@ DEFAULT_BURST = 20
 """Default bucket size: a worker restart re-registers and re-polls its workspaces at once; 20 lets a small fleet
 start without queueing, while the platform's sliding minute window still sees at most 20 + 480 requests."""
 
-IDLE_AFTER_S = 60.0
-"""An inbox with no rows for this long counts as idle and its reads start to back off."""
-IDLE_GROWTH = 1.5
-"""Each empty read of an idle inbox lengthens the pause by this factor."""
-IDLE_MAX_INTERVAL_S = 10.0
-"""Longest pause between reads of an idle inbox (unless ``poll_interval_s`` is longer): the worst-case extra
-latency of the first message after a quiet spell."""
+THROTTLE_CUT = 0.5
+"""Each ``429`` (at most one per :data:`THROTTLE_MIN_GAP_S`) multiplies the rate by this."""
+THROTTLE_FLOOR = 0.125
+"""The rate never falls below this fraction of the budget, however many ``429`` answers come."""
+THROTTLE_HOLD_S = 60.0
+"""The lowered rate holds this long after a ``429`` (or ``Retry-After``, when longer): the platform counts requests
+over a sliding minute."""
+THROTTLE_RECOVER_S = 120.0
+"""Then the rate climbs back linearly to the full budget over this long."""
+THROTTLE_MIN_GAP_S = 5.0
+"""Answers of requests that were in flight together count as one ``429``."""
+MIN_SHARE = 0.01
+"""The smallest share of a host's budget a worker process is left with (``set_share``)."""
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -57,26 +68,6 @@ class Priority(enum.IntEnum):
     """Register and replies: finishing work already taken on."""
     POLL = 2
     """Inbox reads: the elastic part of the traffic; they leave the reserve to the others."""
-
-
-def next_poll_interval(base_s: float, previous_s: float, quiet_s: float) -> float:
-    """The pause before the next read of an inbox whose last read was empty.
-
-    For the first :data:`IDLE_AFTER_S` without rows the pause is ``base_s`` (``poll_interval_s``); after that each
-    empty read lengthens it by :data:`IDLE_GROWTH`, up to ``max(IDLE_MAX_INTERVAL_S, base_s)``. The caller snaps
-    back to ``base_s`` when rows arrive by resetting ``quiet_s``.
-
-    Args:
-        base_s: The connector's ``poll_interval_s``.
-        previous_s: The pause used after the previous empty read (``base_s`` for the first one).
-        quiet_s: Seconds since rows last arrived (or since polling started).
-
-    Returns:
-        Seconds to pause.
-    """
-    if quiet_s < IDLE_AFTER_S:
-        return base_s
-    return min(max(previous_s, base_s) * IDLE_GROWTH, max(IDLE_MAX_INTERVAL_S, base_s))
 
 
 class RequestBudget:
@@ -109,11 +100,17 @@ class RequestBudget:
         if not 0 <= reserve < burst:
             raise ValueError(f"request reserve must be in [0, {burst}), not {reserve}")
         self.per_minute = per_minute
+        """The configured budget (requests/min); :attr:`effective_per_minute` is what applies now."""
         self.burst = burst
         self.reserve = reserve
+        self.clock = clock
+        self.sleep = sleep
+        self._share = 1.0
+        self._capacity = float(burst)
+        self._cut = 1.0
+        self._cut_until = -math.inf
+        self._last_cut = -math.inf
         self._rate = per_minute / 60.0
-        self._clock = clock
-        self._sleep = sleep
         self._tokens = float(burst)
         self._updated = clock()
         self._queues: tuple[deque[asyncio.Future[None]], ...] = tuple(deque() for _ in Priority)
@@ -123,16 +120,68 @@ class RequestBudget:
         """Requests let through so far."""
         self.queued = 0
         """Requests that had to wait for a token so far."""
+        self.throttles = 0
+        """``429`` answers reported through :meth:`throttled` so far."""
 
     @property
     def unlimited(self) -> bool:
         """Whether the budget is disabled (``per_minute <= 0``)."""
-        return self._rate <= 0
+        return self.per_minute <= 0
 
     @property
     def waiting(self) -> int:
         """Requests currently waiting for a token."""
         return sum(not t.done() for queue in self._queues for t in queue)
+
+    @property
+    def share(self) -> float:
+        """This process's share of the budget (1.0 unless several workers split it, see :meth:`set_share`)."""
+        return self._share
+
+    def throttle(self, now: float | None = None) -> float:
+        """The factor the last ``429`` answers leave on the rate now: 1.0 when none came lately."""
+        now = self.clock() if now is None else now
+        if now < self._cut_until:
+            return self._cut
+        recovered = (now - self._cut_until) / THROTTLE_RECOVER_S
+        return min(1.0, self._cut + (1.0 - self._cut) * recovered)
+
+    def effective_per_minute(self, now: float | None = None) -> float:
+        """Requests per minute this bucket lets through now: the budget × share × throttle (``0``: unlimited)."""
+        if self.unlimited:
+            return 0.0
+        return self.per_minute * self._share * self.throttle(now)
+
+    def set_share(self, share: float) -> None:
+        """Use ``share`` (clamped to ``[MIN_SHARE, 1]``) of the budget: rate and burst scale with it.
+
+        The burst never falls below ``reserve + 1``, so inbox reads can still start.
+        """
+        self._refill()
+        self._share = min(max(share, MIN_SHARE), 1.0)
+        self._capacity = max(float(self.reserve + 1), math.ceil(self.burst * self._share))
+        self._tokens = min(self._tokens, self._capacity)
+        self._rate = self.effective_per_minute(self._updated) / 60.0
+
+    def throttled(self, retry_after_s: float | None = None) -> None:
+        """The platform answered ``429``: send nothing before ``Retry-After``, and lower the rate for a while.
+
+        Args:
+            retry_after_s: The answer's ``Retry-After`` in seconds, when it had one.
+        """
+        if self.unlimited:
+            return
+        self._refill()
+        now = self._updated
+        self.throttles += 1
+        if now - self._last_cut >= THROTTLE_MIN_GAP_S:
+            self._cut = max(THROTTLE_FLOOR, self.throttle(now) * THROTTLE_CUT)
+            self._last_cut = now
+        self._cut_until = max(self._cut_until, now + max(THROTTLE_HOLD_S, retry_after_s or 0.0))
+        self._rate = self.effective_per_minute(now) / 60.0
+        if retry_after_s:
+            # Negative tokens: the bucket is empty until Retry-After has passed, for every class.
+            self._tokens = min(self._tokens, -retry_after_s * self._rate)
 
     def try_acquire(self, priority: Priority = Priority.WORK) -> bool:
         """Take a token if one is available to this class right now, without waiting.
@@ -168,7 +217,7 @@ class RequestBudget:
         except asyncio.CancelledError:
             if ticket.done() and not ticket.cancelled():
                 self._refill()
-                self._tokens = min(float(self.burst), self._tokens + 1.0)
+                self._tokens = min(self._capacity, self._tokens + 1.0)
                 self.granted -= 1
             self._dispatch()
             raise
@@ -177,9 +226,12 @@ class RequestBudget:
         return 1.0 + self.reserve if priority == Priority.POLL else 1.0
 
     def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self._rate)
+        # The rate of the span just ended is the one set at its start: a throttle only ever lowers it at once, and
+        # its recovery is then credited a little late, never early.
+        now = self.clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
+        self._rate = self.effective_per_minute(now) / 60.0
 
     def _dispatch(self) -> None:
         """Hand tokens to waiters in order; arm the timer for the next token when some must still wait."""
@@ -202,7 +254,7 @@ class RequestBudget:
             queue.popleft().set_result(None)
 
     def _arm(self, delay: float) -> None:
-        due = self._clock() + delay
+        due = self.clock() + delay
         if self._timer is not None and not self._timer.done():
             if self._timer_due <= due:
                 return
@@ -212,33 +264,6 @@ class RequestBudget:
         self._timer = asyncio.get_running_loop().create_task(self._wake(delay))
 
     async def _wake(self, delay: float) -> None:
-        await self._sleep(delay)
+        await self.sleep(delay)
         self._timer = None
         self._dispatch()
-
-
-class RequestBudgets:
-    """One :class:`RequestBudget` per platform (scheme, host and port of its base URL), made on first use.
-
-    One instance per worker process, shared by every connector it serves: the platform limits by client IP, not
-    by workspace.
-
-    Args:
-        per_minute: Requests per minute per platform; ``<= 0`` means unlimited.
-        burst: Bucket size per platform.
-    """
-
-    def __init__(self, per_minute: float = DEFAULT_PER_MINUTE, burst: int = DEFAULT_BURST) -> None:
-        RequestBudget(per_minute, burst)  # validate now, not at the first request
-        self.per_minute = per_minute
-        self.burst = burst
-        self._budgets: dict[str, RequestBudget] = {}
-
-    def for_url(self, platform_url: str) -> RequestBudget:
-        """The budget of the platform at ``platform_url``."""
-        parts = urlsplit(platform_url)
-        key = f"{parts.scheme}://{parts.netloc}".lower()
-        budget = self._budgets.get(key)
-        if budget is None:
-            budget = self._budgets[key] = RequestBudget(self.per_minute, self.burst)
-        return budget

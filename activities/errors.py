@@ -46,7 +46,7 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 NOT_RETRYABLE = (ErrorType.AUTH, ErrorType.GONE, ErrorType.PERMANENT, ErrorType.BACKEND_MISCONFIGURED)
 
 
-def _retry_after(response: httpx.Response) -> timedelta | None:
+def retry_after(response: httpx.Response) -> timedelta | None:
     """Seconds from the ``Retry-After`` header (delta-seconds form, capped at 1 h); ``None`` when absent or bad."""
     value = response.headers.get("retry-after")
     if value is None:
@@ -130,7 +130,7 @@ def classify_response(operation: str, response: httpx.Response, *, own_workspace
         return ApplicationError(
             detail,
             type=ErrorType.TRANSIENT,
-            next_retry_delay=retry_after if (retry_after := _retry_after(response)) is not None else jittered_backoff(),
+            next_retry_delay=delay if (delay := retry_after(response)) is not None else jittered_backoff(),
             category=ApplicationErrorCategory.BENIGN if status in (425, 429) else ApplicationErrorCategory.UNSPECIFIED,
         )
     if status in (401, 403):

@@ -35,12 +35,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities.a2a import TextPart, build_reply_request, reply_message_id
-from activities.budget import Priority, RequestBudgets, next_poll_interval
+from activities.budget import Priority
 from activities.errors import (
     TOKEN_HANDOFF,
     TOKEN_RETRY_DELAY,
     ErrorType,
     classify_response,
+    retry_after,
     transport_error,
 )
 from activities.inbox import (
@@ -73,6 +74,7 @@ from activities.messages import (
     SessionInput,
     SessionResult,
 )
+from activities.planner import RequestBudgets
 
 BUDGET_HEARTBEAT_S = 5.0
 """While a request of a regular activity (``reply``, ``dispatch``) waits for the request budget, Temporal is
@@ -227,17 +229,14 @@ class PlatformActivities:
             token_for: Token lookup by workspace id.
             org_id: Sent as ``X-Molecule-Org-Id`` when set (hosted platforms, docs/protocol.md §2).
             agent_version: ``agent_card.version`` sent on register.
-            budgets: The worker process's request budget per platform (``activities.budget``); unlimited when
-                ``None``.
+            budgets: The worker process's request budgets and read planners per platform (``activities.planner``);
+                unlimited when ``None``.
         """
         self._http = http
         self._token_for = token_for
         self._org_id = org_id
         self._agent_version = agent_version
         self._budgets = budgets if budgets is not None else RequestBudgets(per_minute=0)
-        self._quiet_since: dict[str, float] = {}
-        """Workspace id → when its inbox last had rows (or polling started), kept across poll runs in this process
-        so an idle inbox stays backed off when the workflow starts the next long poll (a hint: lost on restart)."""
         self._dispatching: dict[str, dict[str, str]] = {}
         """Workspace id → row id → what its dispatch is doing, for the ``active_tasks`` and ``current_task`` of the
         platform heartbeat. Only dispatches running in this process are known (all of them for a ``run``)."""
@@ -309,22 +308,28 @@ class PlatformActivities:
         """Send one request within the platform's request budget; return the response whatever its status.
 
         ``priority`` orders requests waiting for the budget: heartbeats, then replies and register, then inbox reads.
-        Network errors raise ``Transient``.
+        A ``429`` lowers the budget's rate for a while (``RequestBudget.throttled``). Network errors raise
+        ``Transient``.
         """
         headers = self._headers(target, body=json_body is not None)
         headers.update(extra_headers or {})
         content = orjson.dumps(json_body) if json_body is not None else None
         await self._spend(target, priority)
         try:
-            return await self._http.request(
+            response = await self._http.request(
                 method, f"{target.platform_url}{path}", content=content, params=params, headers=headers
             )
         except httpx.HTTPError as err:
             raise transport_error(operation, err) from None
+        if response.status_code == 429:
+            delay = retry_after(response)
+            self._budgets.for_url(target.platform_url).throttled(delay.total_seconds() if delay else None)
+        return response
 
     async def _spend(self, target: PlatformTarget, priority: Priority) -> None:
         """Take one request from the platform's budget, heartbeating Temporal while queued for it."""
         budget = self._budgets.for_url(target.platform_url)
+        self._budgets.planner_for(target.platform_url).note_request(target.workspace_id, priority)
         if budget.try_acquire(priority):
             return
         acquire = asyncio.ensure_future(budget.acquire(priority))
@@ -616,50 +621,55 @@ class PlatformActivities:
         )
 
     async def _read_inbox(self, input: SessionInput, beats: _Beats) -> PollResult | SessionResult:
-        """The inbox half of :meth:`session`: read until there is news, retrying transient failures itself."""
+        """The inbox half of :meth:`session`: read until there is news, retrying failed reads itself.
+
+        Each read waits for its turn from the platform's read planner (``activities.planner``): every
+        ``poll_interval_s`` while the request budget has room, less often and fairly only when it is short.
+        """
         assert input.poll is not None
         poll = input.poll
         workspace_id = poll.target.workspace_id
-        quiet_since = self._quiet_since.setdefault(workspace_id, time.monotonic())
-        interval = poll.poll_interval_s
+        planner = self._budgets.planner_for(poll.target.platform_url)
         reads = 0
         trouble = _Beats(None)  # failure bookkeeping of the reads
-        while True:
-            reads += 1
-            try:
-                result = await self._poll_once(poll)
-            except ApplicationError as err:
-                # Auth, gone and a missing token end the session (its beats would meet them too); any other
-                # failure of a read is retried here like a transient one, so heartbeats never stop for it.
-                if err.type in (ErrorType.AUTH, ErrorType.GONE, ErrorType.TOKEN_MISSING):
-                    raise
-                trouble.failed(err.message)
-                if _now() - (trouble.failing_since or _now()) >= timedelta(seconds=input.trouble_after_s):
-                    if not input.in_trouble:
-                        return SessionResult(trouble=self._trouble("poll", trouble))
-                pause = TRANSIENT_BACKOFF_S[min(trouble.failing_attempts, len(TRANSIENT_BACKOFF_S)) - 1]
-                if err.next_retry_delay is not None:
-                    pause = max(pause, err.next_retry_delay.total_seconds())
-                activity.logger.warning(
-                    "inbox read failed (attempt %d, retrying in %.0f s): %s",
-                    trouble.failing_attempts,
-                    pause,
-                    err.message,
-                    extra={"workspace_id": workspace_id},
-                )
-                if await _pause(pause):
-                    return SessionResult()
-                continue
-            if input.in_trouble:
-                news = result.model_copy(update={"polls": reads}) if result is not None else None
-                return SessionResult(poll=news, recovered=True)
-            if result is not None:
-                if result.rows:
-                    self._quiet_since.pop(workspace_id, None)
-                return self._bounded(result).model_copy(update={"polls": reads})
-            interval = next_poll_interval(poll.poll_interval_s, interval, time.monotonic() - quiet_since)
-            if await _pause(interval):
-                return SessionResult()
+        try:
+            while True:
+                if await self._read_turn(poll.target, poll.poll_interval_s, None):
+                    return SessionResult()  # the worker is shutting down
+                reads += 1
+                try:
+                    result = await self._poll_once(poll)
+                except ApplicationError as err:
+                    # Auth, gone and a missing token end the session (its beats would meet them too); any other
+                    # failure of a read is retried here like a transient one, so heartbeats never stop for it.
+                    if err.type in (ErrorType.AUTH, ErrorType.GONE, ErrorType.TOKEN_MISSING):
+                        raise
+                    trouble.failed(err.message)
+                    if _now() - (trouble.failing_since or _now()) >= timedelta(seconds=input.trouble_after_s):
+                        if not input.in_trouble:
+                            return SessionResult(trouble=self._trouble("poll", trouble))
+                    pause = TRANSIENT_BACKOFF_S[min(trouble.failing_attempts, len(TRANSIENT_BACKOFF_S)) - 1]
+                    if err.next_retry_delay is not None:
+                        pause = max(pause, err.next_retry_delay.total_seconds())
+                    activity.logger.warning(
+                        "inbox read failed (attempt %d, retrying in %.0f s): %s",
+                        trouble.failing_attempts,
+                        pause,
+                        err.message,
+                        extra={"workspace_id": workspace_id},
+                    )
+                    if await _pause(pause):
+                        return SessionResult()
+                    continue
+                if input.in_trouble:
+                    news = result.model_copy(update={"polls": reads}) if result is not None else None
+                    return SessionResult(poll=news, recovered=True)
+                if result is not None:
+                    if result.rows:
+                        planner.note_rows(workspace_id)
+                    return self._bounded(result).model_copy(update={"polls": reads})
+        finally:
+            planner.done(workspace_id)
 
     # --- poll -------------------------------------------------------------------------------------------------
 
@@ -783,7 +793,8 @@ class PlatformActivities:
     async def poll(self, input: PollInput) -> PollResult:
         """Long-poll the inbox until rows arrive or ``max_wait_s`` passes (docs/protocol.md §3.3–4).
 
-        Replaced by ``session``; kept for connectors started before it (their histories call it).
+        Replaced by ``session``; kept for connectors started before it (their histories call it). Each read waits
+        for its turn from the platform's read planner (``activities.planner``), as the session's do.
 
         Returns:
             Rows oldest first (skip rules applied), possibly empty after ``max_wait_s``.
@@ -795,20 +806,60 @@ class PlatformActivities:
         """
         deadline = time.monotonic() + input.max_wait_s
         workspace_id = input.target.workspace_id
-        quiet_since = self._quiet_since.setdefault(workspace_id, time.monotonic())
-        interval = input.poll_interval_s
+        planner = self._budgets.planner_for(input.target.platform_url)
         polls = 0
-        while True:
-            polls += 1
-            result = await self._poll_once(input)
-            activity.heartbeat(polls)
-            if result is not None:
-                if result.rows:
-                    self._quiet_since.pop(workspace_id, None)
-                return self._bounded(result).model_copy(update={"polls": polls})
-            interval = next_poll_interval(input.poll_interval_s, interval, time.monotonic() - quiet_since)
-            if time.monotonic() + interval >= deadline or await _pause(interval):
-                return PollResult(polls=polls)
+        try:
+            while True:
+                if await self._read_turn(input.target, input.poll_interval_s, deadline if polls else None):
+                    return PollResult(polls=polls)
+                polls += 1
+                result = await self._poll_once(input)
+                activity.heartbeat(polls)
+                if result is not None:
+                    if result.rows:
+                        planner.note_rows(workspace_id)
+                    return self._bounded(result).model_copy(update={"polls": polls})
+                if time.monotonic() + input.poll_interval_s >= deadline:
+                    return PollResult(polls=polls)
+        finally:
+            planner.done(workspace_id)
+
+    async def _read_turn(self, target: PlatformTarget, poll_interval_s: float, deadline: float | None) -> bool:
+        """Wait for the read planner's go for the next read of ``target``'s inbox, heartbeating Temporal meanwhile.
+
+        Args:
+            target: Our workspace.
+            poll_interval_s: The connector's ``poll_interval_s``.
+            deadline: ``time.monotonic()`` by which to give up; ``None``: wait as long as it takes.
+
+        Returns:
+            ``True`` when the caller should stop instead of reading: the deadline passed or the worker is shutting
+            down (the turn is kept: the next long poll of this inbox is served first).
+        """
+        if activity.is_worker_shutdown():
+            return True
+        turn = asyncio.ensure_future(
+            self._budgets.planner_for(target.platform_url).wait_for_read(target.workspace_id, poll_interval_s)
+        )
+        shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+        try:
+            while True:
+                timeout = BUDGET_HEARTBEAT_S
+                if deadline is not None:
+                    timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    return True
+                done, _ = await asyncio.wait({turn, shutdown}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if turn in done:
+                    turn.result()
+                    return False
+                if shutdown in done:
+                    return True
+                if not _IN_SESSION.get():  # a session's pulse heartbeats Temporal
+                    activity.heartbeat()
+        finally:
+            turn.cancel()  # no-op once granted; otherwise leaves the planner's queue
+            shutdown.cancel()
 
     @activity.defn(name=ActivityName.CHECK_CURSOR)
     async def check_cursor(self, input: CheckCursorInput) -> None:

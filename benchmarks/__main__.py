@@ -1,21 +1,22 @@
 """``python -m benchmarks <scenario> [options] [--out DIR]``: run one scenario (or ``all``) and write its report.
 
 Each scenario starts its own Temporal dev server, devplatform process and in-process worker, prints its figures
-table and writes ``<out>/<scenario>.json`` and ``<out>/<scenario>.md``. ``all`` runs the four scenarios in turn
-(each in its own process; the baseline runs inside ``latency`` and ``throughput``) and also writes
-``<out>/summary.md``.
+table and writes ``<out>/<scenario>.json`` and ``<out>/<scenario>.md``. ``all`` runs the five scenarios in turn
+(each in its own process; the baseline runs inside ``latency``, ``throughput`` and ``sporadic``, the last one at its
+``--quick`` size) and also writes ``<out>/summary.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover, fleet, idle, latency, throughput
+from benchmarks import failover, fleet, idle, latency, sporadic, throughput
 from benchmarks.report import Result, figures_table, load, machine_line, write
 from worker import loop as event_loop
 
@@ -33,6 +34,7 @@ SMOKE: dict[str, Any] = {
     "failover": failover.FailoverParams(
         workspaces=3, failover_timeouts=(None,), heartbeat_interval_s=4.0, settle_s=1.0, window_s=3.0, observe_s=8.0
     ),
+    "sporadic": sporadic.SporadicParams(messages=2, min_silence_s=0.2, max_silence_s=1.0, burst=3, replicas=1),
 }
 """Tiny sizes: a check that every scenario runs end to end (CI smoke test, ``all --smoke``), not a measurement."""
 
@@ -42,7 +44,10 @@ RUNNERS: dict[str, Callable[[Any], Coroutine[Any, Any, Result]]] = {
     "idle": idle.run,
     "fleet": fleet.run,
     "failover": failover.run,
+    "sporadic": sporadic.run,
 }
+ALL_ARGS: dict[str, list[str]] = {"sporadic": ["--quick"]}
+"""Extra arguments of a scenario in ``all`` (the full ``sporadic`` run takes about an hour)."""
 
 
 def _implementations(value: str) -> tuple[str, ...]:
@@ -111,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=t.max_concurrency, help="connector lanes (default 4)")
     p.add_argument("--impl", type=_implementations, default=t.implementations, help="temporal, baseline or both")
     p.add_argument("--backend", default=t.backend, help="backend name (default echo)")
+    p.add_argument(
+        "--worker-processes",
+        type=int,
+        default=t.worker_processes,
+        help="worker processes for the connector on one task queue (default 1)",
+    )
     p.add_argument("-o", "--backend-option", type=_option, action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("idle", parents=[common], help="N idle workspaces for T minutes: history, actions, requests")
@@ -128,14 +139,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="the session's failover_timeout_s (default: 1.2 × the heartbeat interval)",
     )
 
-    p = sub.add_parser("fleet", parents=[common], help="K workspaces on one worker process")
+    p = sub.add_parser("fleet", parents=[common], help="K workspaces on one worker process, default budget")
     f = fleet.FleetParams()
     p.add_argument("--workspaces", type=int, default=f.workspaces, help=f"default {f.workspaces}")
     p.add_argument("--poll-interval", type=float, default=f.poll_interval_s, help="seconds (default 1)")
     p.add_argument("--settle", type=float, default=f.settle_s, help="seconds after online before the hold (90)")
     p.add_argument("--hold", type=float, default=f.hold_s, help="seconds the settled fleet is held (default 150)")
-    p.add_argument("--probes", type=int, default=f.probes, help="latency probes during the hold (default 5)")
+    p.add_argument("--probes", type=int, default=f.probes, help=f"first-message probes (default {f.probes})")
     p.add_argument("--status-every", type=float, default=f.status_every_s, help="status sweep period (default 30)")
+    p.add_argument(
+        "--request-budget",
+        type=float,
+        default=f.request_budget_per_min,
+        help=f"the worker's requests/min (default {f.request_budget_per_min:g}; 0: unlimited)",
+    )
+    p.add_argument(
+        "--platform-rate-limit",
+        type=int,
+        default=f.platform_rate_limit_per_min,
+        help=f"the platform's requests/min per IP (default {f.platform_rate_limit_per_min}; 0: off)",
+    )
+
+    p = sub.add_parser("sporadic", parents=[common], help="1 workspace, messages after silences of 30 s to 5 min")
+    sp = sporadic.SporadicParams()
+    p.add_argument("--messages", type=int, default=None, help=f"messages after a silence (default {sp.messages})")
+    p.add_argument(
+        "--silence",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help=f"silence before each message, seconds (default {sp.min_silence_s:g} {sp.max_silence_s:g})",
+    )
+    p.add_argument("--burst", type=int, default=None, help=f"closing burst per exec workspace (default {sp.burst})")
+    p.add_argument(
+        "--replicas", type=int, default=None, help=f"workspaces per implementation and backend (default {sp.replicas})"
+    )
+    p.add_argument("--poll-interval", type=float, default=sp.poll_interval_s, help="seconds (default 1)")
+    p.add_argument("--backend-delay", type=float, default=sp.backend_delay_s, help="exec backend sleep (0.2 s)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{sporadic.QUICK.messages} messages, silences of {sporadic.QUICK.min_silence_s:g}–"
+        f"{sporadic.QUICK.max_silence_s:g} s, burst {sporadic.QUICK.burst} (~10 min instead of ~1 h)",
+    )
 
     p = sub.add_parser("failover", parents=[common], help="N workspaces on two worker processes, one SIGKILLed")
     o = failover.FailoverParams()
@@ -183,6 +230,7 @@ def params_from(args: argparse.Namespace) -> Any:
             implementations=args.impl,
             backend=args.backend,
             backend_options=dict(args.backend_option),
+            worker_processes=args.worker_processes,
         )
     if args.scenario == "idle":
         return idle.IdleParams(
@@ -202,6 +250,23 @@ def params_from(args: argparse.Namespace) -> Any:
             hold_s=args.hold,
             probes=args.probes,
             status_every_s=args.status_every,
+            request_budget_per_min=args.request_budget,
+            platform_rate_limit_per_min=args.platform_rate_limit,
+        )
+    if args.scenario == "sporadic":
+        base = sporadic.QUICK if args.quick else sporadic.SporadicParams()
+        silence = args.silence or (base.min_silence_s, base.max_silence_s)
+        if not 0 <= silence[0] <= silence[1]:
+            raise SystemExit("--silence MIN MAX needs 0 <= MIN <= MAX")
+        return dataclasses.replace(
+            base,
+            messages=base.messages if args.messages is None else args.messages,
+            min_silence_s=silence[0],
+            max_silence_s=silence[1],
+            burst=base.burst if args.burst is None else args.burst,
+            replicas=base.replicas if args.replicas is None else args.replicas,
+            poll_interval_s=args.poll_interval,
+            backend_delay_s=args.backend_delay,
         )
     if args.scenario == "failover":
         return failover.FailoverParams(
@@ -236,7 +301,9 @@ async def _main(args: argparse.Namespace) -> None:
             results.append(await run_scenario(name, SMOKE[name], args.out))
             continue
         # A process per scenario, so memory and CPU figures are not inherited from the previous scenario.
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "benchmarks", name, "--out", str(args.out))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks", name, "--out", str(args.out), *ALL_ARGS.get(name, [])
+        )
         if await proc.wait() != 0:
             sys.exit(f"benchmark {name} failed (exit {proc.returncode})")
         results.append(load(args.out / f"{name}.json"))

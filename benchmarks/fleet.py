@@ -4,21 +4,24 @@
    poll duties, plus room for dispatches) and one ``ConnectWorkflow`` per workspace.
 2. Time to all ``online``: until the platform accepted a register from every workspace, then confirmed by reading
    every workspace's status (``GET /admin/workspaces/{id}``); and until every workspace read its inbox.
-3. Settle for ``settle_s``: the connectors' first quiet minute (every inbox read each ``poll_interval_s``) and the
-   idle backoff that follows; statuses are read every ``status_every_s`` (any ``awaiting_agent`` is a missed
+3. Settle for ``settle_s``; statuses are read every ``status_every_s`` (any ``awaiting_agent`` is a missed
    heartbeat).
 4. Hold for ``hold_s`` (longer than the platform's 90 s stale window): keep reading statuses, and send ``probes``
-   messages one at a time to random workspaces to measure their latency. The platform's own stale sweep is
-   watched throughout (its log).
+   messages one at a time to random workspaces, each quiet until then, to measure the first-message latency.
+   The platform's own stale sweep is watched throughout (its log).
 5. Heartbeat punctuality from the platform's request log: the gaps between consecutive accepted heartbeats of
    each workspace from the moment all were registered to the end (the connector beats every 30 s; the platform
    gives up after 90 s).
 
-The fleet runs the connector's production settings: reads every ``poll_interval_s`` (1 s) while an inbox is busy,
-backing off to one read per 10 s after a quiet minute (``activities.budget.next_poll_interval``), so the first minute
-is the heaviest (K reads per second). The worker's request budget is off (``request_budget_per_min=0``) like the
-platform's rate limit: at the default 480/min a single worker cannot even carry 500 workspaces' heartbeats (1,000
-per minute). The platform's stale window and sweep keep their production values.
+6. Inbox reads from the platform's request log: how many in the first minute after the start against a minute of
+   the hold (a restart storm shows as a heavier first minute), and the longest gap between two reads of one inbox
+   while holding; ``429`` answers of the platform.
+
+The fleet runs the connector's production settings: poll interval 1 s, the default request budget (480/min, reads
+planned by ``activities.planner``: with K workspaces each inbox is read every ``60 K / (480 − 2K)`` s once that is
+over 1 s), against a platform with its production rate limit (600/min per IP) and stale window. For K over 240 the
+heartbeats alone exceed the default budget: run those with ``--request-budget 0 --platform-rate-limit 0`` (every inbox
+read each second).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+from activities.budget import DEFAULT_PER_MINUTE
+from activities.planner import read_interval
 from benchmarks.deliveries import collect, summary_ms
 from benchmarks.machine import CpuWindow, sample_process
 from benchmarks.report import Figure, Result
@@ -41,18 +46,20 @@ from devplatform.client import CreatedWorkspace
 class FleetParams:
     """Parameters of the fleet scenario."""
 
-    workspaces: int = 500
+    workspaces: int = 100
     poll_interval_s: float = 1.0
     settle_s: float = 90.0
-    """After all are online: the first quiet minute (reads every ``poll_interval_s``) and the backoff to 10 s."""
+    """After all are online, before the hold."""
     hold_s: float = 150.0
     """How long the settled fleet is held and probed (the stale window is 90 s)."""
-    probes: int = 5
-    """Messages sent one at a time to random workspaces during the hold."""
+    probes: int = 20
+    """Messages sent one at a time to random (quiet) workspaces during the hold."""
     status_every_s: float = 30.0
-    request_budget_per_min: float = 0.0
-    """The worker's platform request budget; ``0``: unlimited. The production default (480/min) cannot carry 500
-    workspaces: their heartbeats alone are 1,000 requests/min."""
+    request_budget_per_min: float = DEFAULT_PER_MINUTE
+    """The worker's platform request budget (``0``: unlimited). The default cannot carry more than 239 workspaces:
+    their heartbeats alone would take it."""
+    platform_rate_limit_per_min: int = 600
+    """The platform's per-IP limit (production: 600); ``0``: off."""
     start_concurrency: int = 32
     startup_timeout_s: float = 600.0
     seed: int = 6
@@ -78,7 +85,7 @@ async def run(params: FleetParams) -> Result:
     """Run the scenario on a fresh stack and return its figures (see the module docstring)."""
     began = time.monotonic()
     rng = random.Random(params.seed)
-    async with running_stack() as stack:
+    async with running_stack(rate_limit_per_min=params.platform_rate_limit_per_min) as stack:
         fleet = await stack.workspaces("fleet", params.workspaces)
         peer = (await stack.workspaces("peer", 1))[0]
         await stack.platform.reset()
@@ -132,6 +139,7 @@ async def run(params: FleetParams) -> Result:
 
             await asyncio.gather(probe(), watch())
             hold_end = time.time()
+            reads = {w.id: await stack.platform.inbox_reads(w.id) for w in fleet}
             hold_resources = hold.stop()
             sdk_after = await stack.sdk_metrics()
             heartbeats = await stack.platform.heartbeats()
@@ -156,6 +164,16 @@ async def run(params: FleetParams) -> Result:
     rss = worker_hold.get("rss_bytes")
     peak = worker_hold.get("peak_rss_bytes")
     gap_summary = summarize(gaps, digits=2)
+    read_gaps: list[float] = []
+    for times in reads.values():
+        starts = sorted(start for start, _, _ in times if start <= hold_end)
+        read_gaps += [b - a for a, b in zip(starts, starts[1:], strict=False) if b >= hold_start]
+    read_gap_summary = summarize(read_gaps, digits=2)
+    all_starts = [start for times in reads.values() for start, _, _ in times]
+    first_minute = sum(t0 <= t < t0 + 60 for t in all_starts)
+    hold_minute = sum(hold_start <= t < hold_end for t in all_starts) * 60 / max(hold_end - hold_start, 1e-9)
+    rejected = sum(count for kind, count in stats["counts"].items() if kind.endswith(" 429"))
+    planned = read_interval(params.request_budget_per_min, params.workspaces, params.poll_interval_s)
     latency = summary_ms(deliveries)
     never_awaiting = awaiting == 0 and not stale_events
     figures = [
@@ -188,7 +206,7 @@ async def run(params: FleetParams) -> Result:
             "worker process CPU in the first quiet minute (share of one core)",
             "",
             (settle_resources.get("worker_process") or {}).get("cpu_core_share"),
-            note="every inbox read each poll_interval_s until the idle backoff starts",
+            note="reads planned from the start: no storm",
         ),
         Figure("worker process CPU while holding (share of one core)", "", worker_hold.get("cpu_core_share")),
         Figure(
@@ -215,12 +233,49 @@ async def run(params: FleetParams) -> Result:
             None if gap_summary["max"] is None else gap_summary["max"] < 90,
         ),
         Figure(
-            "probe latency p50 (fleet up)",
+            "first-message latency p50 (probes to quiet workspaces)",
             "ms",
             latency["latency_ms"]["p50"],
             note=f"{latency['latency_ms']['n']} probes; poll interval {params.poll_interval_s:g} s",
         ),
+        Figure("first-message latency p95", "ms", latency["latency_ms"]["p95"]),
+        Figure(
+            "first-message latency max",
+            "ms",
+            latency["latency_ms"]["max"],
+            note="planned worst case: the read interval + delivery",
+        ),
         Figure("probe overhead beyond poll wait p50", "ms", latency["overhead_ms"]["p50"]),
+        Figure(
+            "platform 429 answers",
+            "",
+            float(rejected),
+            None,
+            "0",
+            rejected == 0 if params.platform_rate_limit_per_min else None,
+            note=f"platform rate limit {params.platform_rate_limit_per_min or 'off'}/min per IP",
+        ),
+        Figure(
+            "interval between two reads of one inbox while holding, p50",
+            "s",
+            read_gap_summary["p50"],
+            note="planned: " + ("overloaded" if planned is None else f"{planned:.1f} s"),
+        ),
+        Figure(
+            "interval between two reads of one inbox while holding, max",
+            "s",
+            read_gap_summary["max"],
+            None,
+            "≤ 30 s",
+            None if read_gap_summary["max"] is None else read_gap_summary["max"] <= 30,
+        ),
+        Figure(
+            "inbox reads in the first minute after start / per minute while holding",
+            "",
+            float(first_minute),
+            None,
+            note=f"{hold_minute:.0f} per minute while holding: a restart storm would make the first far larger",
+        ),
     ]
     return Result(
         scenario="fleet",
@@ -243,13 +298,18 @@ async def run(params: FleetParams) -> Result:
             "hold_resources": hold_resources,
             "hold_s": round(hold_end - hold_start, 1),
             "platform_requests": stats["counts"],
+            "inbox_read_gaps_s": read_gap_summary,
+            "inbox_reads_first_minute": first_minute,
+            "inbox_reads_per_minute_holding": round(hold_minute, 1),
+            "planned_read_interval_s": planned,
             "platform_handling_ms": stats["handling_ms"],
             "rss_before_worker_bytes": before_worker.rss_bytes if before_worker else None,
             "max_concurrent_activities": slots,
         },
         notes=[
-            f"Poll interval {params.poll_interval_s:g} s with the connector's idle backoff (to 10 s after a quiet "
-            "minute); heartbeat every 30 s; platform stale window 90 s, sweep 15 s (production values).",
+            f"Poll interval {params.poll_interval_s:g} s, request budget {params.request_budget_per_min:g}/min "
+            "(reads planned by activities.planner); heartbeat every 30 s; platform stale window 90 s, sweep 15 s, "
+            f"rate limit {params.platform_rate_limit_per_min or 'off'}/min per IP.",
             "RSS is the whole benchmark process: the worker plus the benchmark's own clients "
             f"({(before_worker.rss_bytes or 0) / 2**20:.0f} MiB before the worker started)."
             if before_worker

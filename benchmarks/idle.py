@@ -64,8 +64,8 @@ class IdleParams:
     """The session's heartbeat timeout (``None``: 1.2 × ``heartbeat_interval_s``); it sets the Temporal heartbeat
     cadence, hence the heartbeat actions."""
     settle_s: float = 90.0
-    """Wait after every connector polls before the window opens: startup events stay out of it, and the poll's idle
-    backoff (longer pauses after 60 s without rows, ``activities.budget``) has reached its steady state."""
+    """Wait after every connector polls before the window opens, so startup events stay out of it (inbox reads are
+    planned from the request budget, ``activities.planner``: an idle inbox is read every ``poll_interval_s``)."""
     request_budget_per_min: float = 0.0
     """The worker's platform request budget; ``0``: unlimited."""
     calibration_s: float = 45.0

@@ -264,7 +264,14 @@ async def _respond(send: Send, status: int, body: Any) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def serve(db_path: Path, host: str, port: int, stale_after_s: float | None, sweep_every_s: float | None) -> None:
+def serve(
+    db_path: Path,
+    host: str,
+    port: int,
+    stale_after_s: float | None,
+    sweep_every_s: float | None,
+    rate_limit_per_min: int = 0,
+) -> None:
     """Serve the wrapped devplatform until SIGTERM; print ``{"port", "pid"}`` on stdout once serving."""
     import uvicorn
 
@@ -276,7 +283,7 @@ def serve(db_path: Path, host: str, port: int, stale_after_s: float | None, swee
         overrides["stale_after_s"] = stale_after_s
     if sweep_every_s is not None:
         overrides["sweep_every_s"] = sweep_every_s
-    settings = PlatformSettings(db_path=db_path, rate_limit_per_min=0, **overrides)
+    settings = PlatformSettings(db_path=db_path, rate_limit_per_min=rate_limit_per_min, **overrides)
     app = RequestLog(create_app(settings))
     sweeper_log = logging.getLogger("devplatform.sweeper")
     sweeper_log.setLevel(logging.INFO)
@@ -304,7 +311,7 @@ def serve(db_path: Path, host: str, port: int, stale_after_s: float | None, swee
 
 
 class PlatformProcess:
-    """A devplatform child process (rate limit off) and clients for its admin API and request log.
+    """A devplatform child process (rate limit off unless asked) and clients for its admin API and request log.
 
     Use as ``async with PlatformProcess(db_path) as platform``; leaving terminates the child.
 
@@ -312,12 +319,22 @@ class PlatformProcess:
         db_path: SQLite file (created).
         stale_after_s: Override of the 90 s stale window (``None``: production value).
         sweep_every_s: Override of the 15 s sweep period.
+        rate_limit_per_min: The platform's per-IP rate limit (docs/protocol.md §2: 600); ``0``: off. Everything
+            the benchmark and the worker send comes from one IP, but ``/admin`` and ``/_bench`` are exempt.
     """
 
-    def __init__(self, db_path: Path, *, stale_after_s: float | None = None, sweep_every_s: float | None = None):
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        stale_after_s: float | None = None,
+        sweep_every_s: float | None = None,
+        rate_limit_per_min: int = 0,
+    ):
         self._db_path = db_path
         self._stale_after_s = stale_after_s
         self._sweep_every_s = sweep_every_s
+        self._rate_limit_per_min = rate_limit_per_min
         self._proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.pid: int | None = None
@@ -331,6 +348,8 @@ class PlatformProcess:
             args += ["--stale-after", str(self._stale_after_s)]
         if self._sweep_every_s is not None:
             args += ["--sweep-every", str(self._sweep_every_s)]
+        if self._rate_limit_per_min:
+            args += ["--rate-limit", str(self._rate_limit_per_min)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
         self._proc = await asyncio.create_subprocess_exec(
             *args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
@@ -432,9 +451,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--stale-after", type=float, default=None, help="stale window in seconds (default 90)")
     parser.add_argument("--sweep-every", type=float, default=None, help="stale sweep period (default 15)")
+    parser.add_argument("--rate-limit", type=int, default=0, help="requests/min per client IP (default 0: off)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.db, args.host, args.port, args.stale_after, args.sweep_every)
+        serve(args.db, args.host, args.port, args.stale_after, args.sweep_every, args.rate_limit)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -30,7 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.messages import BackendSpec
-from benchmarks.machine import child_pids, machine_facts
+from benchmarks.machine import REPO_ROOT, child_pids, machine_facts
 from benchmarks.platform_process import PlatformProcess
 from devplatform.client import AsyncPlatformAdmin, CreatedWorkspace
 from worker.assemble import running_worker
@@ -109,7 +113,11 @@ class Stack:
 
     @contextlib.asynccontextmanager
     async def worker(
-        self, *, max_concurrent_activities: int = 200, request_budget_per_min: float = 0.0
+        self,
+        *,
+        max_concurrent_activities: int = 200,
+        request_budget_per_min: float = 0.0,
+        task_queue: str | None = None,
     ) -> AsyncIterator[Worker]:
         """The connector worker (``worker.assemble.running_worker``) in this process, on this stack's task queue.
 
@@ -117,16 +125,76 @@ class Stack:
             max_concurrent_activities: Activity slots (two per workspace for its duties, plus dispatches).
             request_budget_per_min: The worker's platform request budget (``activities.budget``). ``0`` (unlimited)
                 by default: the benchmark platform has no rate limit, and the baseline has no budget either.
+            task_queue: Another task queue than the stack's (a second, separate worker).
         """
         async with running_worker(
             self.client,
-            task_queue=self.task_queue,
+            task_queue=task_queue or self.task_queue,
             token_for=self.token_for,
             max_concurrent_activities=max_concurrent_activities,
             graceful_shutdown=SHUTDOWN_GRACE,
             request_budget_per_min=request_budget_per_min,
         ) as worker:
             yield worker
+
+    @contextlib.asynccontextmanager
+    async def worker_process(
+        self, *, request_budget_per_min: float = 0.0, ready_timeout_s: float = 60.0
+    ) -> AsyncIterator[int]:
+        """Another connector worker on this stack's task queue, as its own process: ``molecule-connect worker``.
+
+        It gets the tokens of :meth:`workspaces` through a tokens file and this stack's Temporal server through
+        ``TEMPORAL_ADDRESS``; its state directory is a temporary one and its budget is not shared. Yields its pid;
+        it is stopped with SIGTERM (then SIGKILL) at the end of the block.
+        """
+        address = self.client.service_client.config.target_host
+        with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+            tokens = Path(tmp) / "tokens.json"
+            fd = os.open(tokens, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(orjson.dumps(self.tokens))
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+                "TEMPORAL_ADDRESS": address,
+                "TEMPORAL_NAMESPACE": "default",
+                "MOLECULE_TOKENS_FILE": str(tokens),
+                "MOLECULE_CONNECT_STATE_DIR": str(Path(tmp) / "state"),
+            }
+            env.pop("MOLECULE_WORKSPACE_TOKEN", None)
+            args = [sys.executable, "-m", "worker.cli", "worker", "--task-queue", self.task_queue]
+            args += ["--request-budget", f"{request_budget_per_min:g}", "--no-shared-budget"]
+            args += ["--shutdown-grace", f"{SHUTDOWN_GRACE.total_seconds():g}"]
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            assert proc.stderr is not None
+            seen: list[bytes] = []
+            drain: asyncio.Task[None] | None = None
+            try:
+                async with asyncio.timeout(ready_timeout_s):
+                    while not any(b"worker running on task queue" in line for line in seen):
+                        line = await proc.stderr.readline()
+                        if not line:
+                            raise RuntimeError(f"worker process exited: {b''.join(seen[-5:])!r}")
+                        seen.append(line)
+                drain = asyncio.create_task(_drain(proc.stderr))
+                yield proc.pid
+            finally:
+                if proc.returncode is None:
+                    proc.terminate()
+                    try:
+                        await asyncio.wait_for(proc.wait(), timeout=SHUTDOWN_GRACE.total_seconds() + 10)
+                    except TimeoutError:
+                        proc.kill()
+                        await proc.wait()
+                if drain is not None:
+                    drain.cancel()
 
     def connect_input(
         self, workspace: CreatedWorkspace, settings: dict[str, Any], backend: BackendSpec | None = None
@@ -147,6 +215,7 @@ class Stack:
         *,
         concurrency: int = 16,
         spread_s: float = 0.0,
+        task_queue: str | None = None,
     ) -> list[WorkflowHandle[Any, Any]]:
         """Start one ``ConnectWorkflow`` per workspace (``worker.control.start_connector``).
 
@@ -157,7 +226,7 @@ class Stack:
 
         async def start(workspace: CreatedWorkspace) -> WorkflowHandle[Any, Any]:
             connect_input = self.connect_input(workspace, settings, backend)
-            return await start_connector(self.client, connect_input, task_queue=self.task_queue)
+            return await start_connector(self.client, connect_input, task_queue=task_queue or self.task_queue)
 
         if spread_s <= 0:
             return await gather_limited(workspaces, start, limit=concurrency)
@@ -227,6 +296,12 @@ class Stack:
         return dict(totals)
 
 
+async def _drain(stream: asyncio.StreamReader) -> None:
+    """Read a child's stderr to its end, so the child never blocks on a full pipe."""
+    while await stream.readline():
+        pass
+
+
 async def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
     """``(name, labels, value)`` of every sample on a Prometheus text endpoint."""
     async with httpx.AsyncClient(timeout=30) as http:
@@ -246,13 +321,14 @@ async def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    *, stale_after_s: float | None = None, sweep_every_s: float | None = None
+    *, stale_after_s: float | None = None, sweep_every_s: float | None = None, rate_limit_per_min: int = 0
 ) -> AsyncIterator[Stack]:
     """Start a Temporal dev server (in memory, search attributes registered) and a devplatform process.
 
     Args:
         stale_after_s: Platform stale window override (``None``: 90 s, production).
         sweep_every_s: Platform sweep period override (``None``: 15 s, production).
+        rate_limit_per_min: The platform's per-IP rate limit (production: 600); ``0``: off.
     """
     binary = find_temporal_binary()
     metrics_port, sdk_metrics_port = _free_port(), _free_port()
@@ -271,7 +347,10 @@ async def running_stack(
         started = sorted(set(child_pids("temporal")) - before)
         with tempfile.TemporaryDirectory(prefix="bench-platform-") as tmp:
             async with PlatformProcess(
-                Path(tmp) / "platform.db", stale_after_s=stale_after_s, sweep_every_s=sweep_every_s
+                Path(tmp) / "platform.db",
+                stale_after_s=stale_after_s,
+                sweep_every_s=sweep_every_s,
+                rate_limit_per_min=rate_limit_per_min,
             ) as platform:
                 yield Stack(
                     env=env,

@@ -12,10 +12,15 @@ platform), after a warm-up round, ``runs`` times:
 CPU is measured over each run for the benchmark process (the worker, or the baseline loops: the process does
 nothing else meanwhile but poll a counter every 10 ms), the Temporal dev server and the platform process, from
 ``/proc/<pid>/stat``. The figure is the median of the runs.
+
+With ``worker_processes`` > 1 the Temporal connector is served by that many worker processes on one task queue:
+the in-process worker plus ``molecule-connect worker`` children (their CPU is measured too), to see how throughput
+scales past one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from statistics import median
@@ -57,6 +62,8 @@ class ThroughputParams:
     backend: str = "echo"
     backend_options: dict[str, str] = field(default_factory=dict)
     run_timeout_s: float = 900.0
+    worker_processes: int = 1
+    """Worker processes serving the Temporal connector on one task queue (the in-process one + children)."""
 
 
 async def _burst(
@@ -88,21 +95,35 @@ async def _measure(stack: Stack, implementation: str, params: ThroughputParams) 
     slots = params.workspaces * (2 + params.max_concurrency) + 20
     runs = []
     history_events = retried = 0
-    async with serving(
-        stack,
-        implementation,
-        agents,
-        settings,
-        backend=backend,
-        max_concurrent_activities=slots,
-        request_budget_per_min=params.request_budget_per_min,
-    ) as handles:
+    extra_workers: dict[str, int | None] = {}
+    async with contextlib.AsyncExitStack() as serving_stack:
+        if implementation == "temporal":
+            for n in range(2, params.worker_processes + 1):
+                extra_workers[f"worker_process_{n}"] = await serving_stack.enter_async_context(
+                    stack.worker_process(request_budget_per_min=params.request_budget_per_min)
+                )
+        handles = await serving_stack.enter_async_context(
+            serving(
+                stack,
+                implementation,
+                agents,
+                settings,
+                backend=backend,
+                max_concurrent_activities=slots,
+                request_budget_per_min=params.request_budget_per_min,
+            )
+        )
         total = params.workspaces * params.warmup
         if params.warmup:
             await _burst(stack, agents, peer, params, params.warmup, "warmup", total)
         for index in range(params.runs):
             window = CpuWindow(
-                {"worker_process": None, "temporal_server": stack.temporal_pid, "platform": stack.platform.pid}
+                {
+                    "worker_process": None,
+                    **extra_workers,
+                    "temporal_server": stack.temporal_pid,
+                    "platform": stack.platform.pid,
+                }
             )
             sdk_before = await stack.sdk_metrics() if handles else {}
             window.start()
@@ -129,6 +150,7 @@ async def _measure(stack: Stack, implementation: str, params: ThroughputParams) 
         mine = [d for d in deliveries if r["started"] - 0.01 <= d.received <= r["done"]]
         first, last = min(d.received for d in mine), max(d.replied for d in mine)
         worker = r["resources"]["worker_process"]
+        workers = [v for k, v in r["resources"].items() if k.startswith("worker_process") and v]
         results.append(
             {
                 "run": index,
@@ -137,6 +159,8 @@ async def _measure(stack: Stack, implementation: str, params: ThroughputParams) 
                 "span_s": round(last - first, 3),
                 "enqueue_s": r["enqueue_s"],
                 "worker_cpu_ms_per_msg": round(worker["cpu_s"] * 1000 / len(mine), 3) if worker else None,
+                "all_workers_cpu_ms_per_msg": round(sum(w["cpu_s"] for w in workers) * 1000 / len(mine), 3),
+                "all_workers_cpu_core_share": round(sum(w["cpu_core_share"] for w in workers), 4),
                 "resources": r["resources"],
                 "temporal": r["temporal"],
                 "platform_handling_ms": r["platform_handling_ms"],
@@ -221,6 +245,18 @@ async def run(params: ThroughputParams) -> Result:
             _cpu_share(ours, "worker_process"),
             _cpu_share(base, "worker_process"),
         ),
+        *(
+            [
+                Figure(
+                    f"all {params.worker_processes} worker processes CPU (share of one core)",
+                    "",
+                    _median(ours, "all_workers_cpu_core_share"),
+                    note=f"per message: {_median(ours, 'all_workers_cpu_ms_per_msg')} ms",
+                )
+            ]
+            if params.worker_processes > 1
+            else []
+        ),
         Figure(
             "Temporal server CPU (share of one core)",
             "",
@@ -267,6 +303,7 @@ async def run(params: ThroughputParams) -> Result:
             "Throughput = messages / (last reply created_at − first message created_at), platform clock; "
             "median of the runs. CPU shares are CPU seconds / wall seconds of the run (2.0 = both cores).",
             "The baseline handles each workspace's messages sequentially (one loop per workspace, all in one process).",
+            f"Temporal connector: {params.worker_processes} worker process(es) on one task queue.",
         ],
         wall_s=time.monotonic() - started,
     )

@@ -8,22 +8,29 @@ run the same wiring.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from importlib import metadata
+from pathlib import Path
 
 import httpx
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
 
-from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE, RequestBudgets
+from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE
 from activities.dispatch import DispatchActivities
+from activities.planner import RequestBudgets
 from activities.platform import PlatformActivities, TokenLookup
+from worker.budget_share import BudgetShareError, HostBudgetShare
 from worker.http import platform_client
 from worker.tracing import worker_interceptors
 from workflows.connect import ConnectWorkflow
+
+logger = logging.getLogger(__name__)
 
 HTTP_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
 """Platform calls: a read over 30 s is a hung platform (long-polling happens in our loop, not the server's). On the
@@ -68,6 +75,7 @@ async def running_worker(
     request_budget_per_min: float = DEFAULT_PER_MINUTE,
     request_burst: int = DEFAULT_BURST,
     interceptors: Sequence[Interceptor] | None = None,
+    budget_share_dir: Path | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a connector worker for the duration of the ``async with`` block.
 
@@ -85,6 +93,8 @@ async def running_worker(
         interceptors: Worker interceptors; ``None`` means those tracing needs when the ``OTEL_*`` environment turns
             it on (``worker.tracing.worker_interceptors``), else none. They go on the worker, not the client, so
             commands that only query or signal connectors never trace.
+        budget_share_dir: Share the request budget with the other workers using this directory (those of this host:
+            ``worker.budget_share``); ``None``: this worker uses the whole budget.
 
     Yields:
         The running ``Worker``.
@@ -111,9 +121,29 @@ async def running_worker(
         graceful_shutdown_timeout=graceful_shutdown,
         interceptors=worker_interceptors() if interceptors is None else interceptors,
     )
+    share = await _join_budget_share(budgets, budget_share_dir)
+    share_task = asyncio.create_task(share.run(), name="budget-share") if share is not None else None
     try:
         async with worker:
             yield worker
     finally:
+        if share_task is not None and share is not None:
+            share_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await share_task
+            share.close()
         await dispatch.close()
         await http.aclose()
+
+
+async def _join_budget_share(budgets: RequestBudgets, directory: Path | None) -> HostBudgetShare | None:
+    """Join the host's shared request budget; without it (no directory, unlimited budget, an error) ``None``."""
+    if directory is None or budgets.per_minute <= 0:
+        return None
+    share = HostBudgetShare(budgets, directory)
+    try:
+        await asyncio.to_thread(share.start)
+    except BudgetShareError as err:
+        logger.warning("%s; this worker plans with its whole request budget: split it by hand (--request-budget)", err)
+        return None
+    return share

@@ -97,3 +97,26 @@ async def test_failover_smoke_run_answers_after_the_kill(tmp_path: Path) -> None
     assert round_["moved_to_survivor"] == round_["moved"]
     assert round_["replies"] == params.workspaces
     assert round_["max_silence_moved_s"]["n"] == round_["moved"]
+
+
+async def test_sporadic_smoke_run_answers_every_message_on_both_implementations(tmp_path: Path) -> None:
+    result = await run_scenario("sporadic", SMOKE["sporadic"], tmp_path)
+    data = _check(
+        result,
+        tmp_path,
+        figures={"latency p50 after a silence (echo)", "latency p95 after a silence (0.2 s exec)"},
+    )
+    params = SMOKE["sporadic"]
+    agents = data["details"]["agents"]
+    assert set(agents) == {"temporal/echo", "temporal/exec", "baseline/echo", "baseline/exec"}
+    assert all(a["latency_ms"]["n"] == params.messages * params.replicas for a in agents.values())
+    assert agents["temporal/exec"]["burst"]["messages"] == params.burst
+    assert not any(key.endswith(" 429") for key in data["details"]["platform_requests"])
+
+
+def test_sporadic_quick_and_silence_options_parse() -> None:
+    parser = build_parser()
+    params = params_from(parser.parse_args(["sporadic", "--quick", "--silence", "1", "2", "--messages", "3"]))
+    assert (params.messages, params.min_silence_s, params.max_silence_s) == (3, 1.0, 2.0)
+    with pytest.raises(SystemExit):
+        params_from(parser.parse_args(["sporadic", "--silence", "5", "1"]))

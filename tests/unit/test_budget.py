@@ -1,66 +1,28 @@
-"""The request budget's token bucket (rate, burst, heartbeat priority, cancellation) on a fake clock, and the idle
-poll backoff schedule."""
+"""The request budget's token bucket (rate, burst, class priority, cancellation, host share, 429 throttle) on a
+fake clock."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
-import uuid
-from types import SimpleNamespace
-from typing import Any
 
 import httpx
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import activities.platform as platform_module
 from activities.a2a import TextPart
 from activities.budget import (
-    IDLE_AFTER_S,
-    IDLE_MAX_INTERVAL_S,
+    THROTTLE_FLOOR,
+    THROTTLE_HOLD_S,
+    THROTTLE_RECOVER_S,
     Priority,
     RequestBudget,
-    RequestBudgets,
-    next_poll_interval,
 )
-from activities.messages import PlatformTarget, PolledRow, PollInput, ReplyInput, RowPointer
+from activities.messages import PlatformTarget, PolledRow, ReplyInput
+from activities.planner import RequestBudgets
 from activities.platform import PlatformActivities
-
-
-class FakeClock:
-    """Monotonic time that moves only in ``advance``, waking the budget's sleeper at its due time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), wake))
-        await wake
-
-    async def advance(self, seconds: float) -> None:
-        target = self.now + seconds
-        await settle()
-        while self._sleepers and self._sleepers[0][0] <= target:
-            due, _, wake = heapq.heappop(self._sleepers)
-            if wake.done():  # the sleeper was cancelled
-                continue
-            self.now = max(self.now, due)
-            wake.set_result(None)
-            await settle()
-        self.now = target
-        await settle()
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
+from tests.unit.fake_clock import FakeClock, settle
 
 
 def budget(clock: FakeClock, per_minute: float = 60, burst: int = 5, **kwargs) -> RequestBudget:
@@ -196,116 +158,121 @@ def test_budgets_shared_per_platform_origin() -> None:
     assert budgets.for_url("https://platform.example/") is a
     assert budgets.for_url("http://127.0.0.1:8080") is not a
     assert (a.per_minute, a.burst) == (100, 7)
+    assert budgets.planner_for("https://platform.example") is budgets.planner_for("https://PLATFORM.example/x")
 
 
-# --- idle poll backoff --------------------------------------------------------------------------------------
+# --- 429: send nothing before Retry-After, then a lower rate for a while ----------------------------------------
 
 
-def test_poll_interval_busy_minute_stays_at_base() -> None:
-    assert next_poll_interval(1.0, 1.0, IDLE_AFTER_S - 0.1) == 1.0
+async def test_budget_429_waits_out_retry_after_then_runs_at_half_rate() -> None:
+    """60/min: after a 429 with Retry-After 3 s no request starts for 3 s, then one every 2 s (half rate)."""
+    clock = FakeClock()
+    bucket = budget(clock, per_minute=60, burst=5, reserve=0)
+    bucket.throttled(3.0)
+    assert bucket.effective_per_minute() == 30
+    tasks = start(bucket, 10, Priority.HEARTBEAT)
+    await clock.advance(2.9)
+    assert done(tasks) == 0  # even a heartbeat: the platform refuses everything from this IP meanwhile
+    await clock.advance(0.2 + 2.0)
+    assert done(tasks) == 1
+    await clock.advance(10.0)
+    assert done(tasks) == 6
+    for task in tasks:
+        task.cancel()
 
 
-def test_poll_interval_idle_grows_by_half_up_to_ten_seconds() -> None:
-    intervals = [1.0]
-    for _ in range(8):
-        intervals.append(next_poll_interval(1.0, intervals[-1], IDLE_AFTER_S + 1))
-    assert intervals[:4] == [1.0, 1.5, 2.25, 3.375]
-    assert intervals[-1] == IDLE_MAX_INTERVAL_S
-    assert all(b >= a for a, b in itertools.pairwise(intervals))
+async def test_budget_429_rate_holds_a_minute_then_recovers_linearly() -> None:
+    clock = FakeClock()
+    bucket = budget(clock, per_minute=480, burst=20)
+    bucket.throttled(None)
+    bucket.throttled(None)  # in flight together: one cut
+    assert bucket.throttles == 2
+    assert bucket.effective_per_minute() == 240
+    await clock.advance(THROTTLE_HOLD_S - 1)
+    assert bucket.effective_per_minute() == 240
+    await clock.advance(1 + THROTTLE_RECOVER_S / 2)
+    assert bucket.effective_per_minute() == pytest.approx(360)
+    await clock.advance(THROTTLE_RECOVER_S / 2)
+    assert bucket.effective_per_minute() == 480
 
 
-def test_poll_interval_longer_base_is_never_shortened() -> None:
-    assert next_poll_interval(30.0, 30.0, 3600) == 30.0
+async def test_budget_repeated_429_cut_again_down_to_the_floor() -> None:
+    clock = FakeClock()
+    bucket = budget(clock, per_minute=480, burst=20)
+    for _ in range(10):
+        bucket.throttled(1.0)
+        await clock.advance(6.0)
+    assert bucket.effective_per_minute() == 480 * THROTTLE_FLOOR
 
 
-# --- PlatformActivities: idle backoff in the poll loop, budget waits --------------------------------------------
+async def test_budget_429_on_unlimited_budget_changes_nothing() -> None:
+    clock = FakeClock()
+    bucket = budget(clock, per_minute=0)
+    bucket.throttled(30.0)
+    tasks = start(bucket, 3)
+    await settle()
+    assert done(tasks) == 3
 
-WS = "11111111-1111-4111-8111-111111111111"
+
+# --- a share of the host's budget ------------------------------------------------------------------------------
 
 
-class Inbox:
-    """A scripted inbox over ``MockTransport``: answers ``rows`` to every read and counts the requests."""
+async def test_budget_share_scales_rate_and_burst() -> None:
+    """A quarter of 480/min with burst 20: 120/min, burst 5, and reads still leave the reserve."""
+    clock = FakeClock()
+    bucket = budget(clock, per_minute=480, burst=20)
+    bucket.set_share(0.25)
+    assert bucket.effective_per_minute() == 120
+    tasks = start(bucket, 20, Priority.WORK)
+    await settle()
+    assert done(tasks) == 5
+    await clock.advance(5.0)
+    assert done(tasks) == 5 + 10  # 2 per second
+    bucket.set_share(0.0)
+    assert bucket.effective_per_minute() == pytest.approx(4.8)  # never below MIN_SHARE
 
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.requests: list[httpx.Request] = []
 
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if request.url.path.endswith("/activity"):
-            return httpx.Response(200, json=self.rows)
+async def test_request_waiting_for_budget_heartbeats_temporal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request queued for the budget heartbeats Temporal meanwhile, so a long queue never looks like a dead worker."""
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
         return httpx.Response(200, json={"status": "ok"})
 
-
-@pytest.fixture
-def inbox() -> Inbox:
-    return Inbox()
-
-
-def poll_input(**overrides: Any) -> PollInput:
-    values: dict[str, Any] = {
-        "target": PlatformTarget(workspace_id=WS, platform_url="https://platform.test"),
-        "cursor": RowPointer(row_id=str(uuid.UUID(int=1))),
-        "seeded": True,
-        "poll_interval_s": 1.0,
-        "max_wait_s": 120.0,
-    }
-    return PollInput(**{**values, **overrides})
-
-
-async def test_poll_idle_inbox_backs_off_after_quiet_minute_and_snaps_back_on_rows(
-    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Reads stay at poll_interval_s for a minute, then slow to 10 s, stay slow in the next long poll, and return
-    to poll_interval_s once rows arrived."""
-    now = [1000.0]
-    pauses: list[float] = []
-
-    async def pause(seconds: float) -> bool:
-        pauses.append(seconds)
-        now[0] += seconds
-        return False
-
-    monkeypatch.setattr(platform_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    monkeypatch.setattr(platform_module, "_pause", pause)
-    env = ActivityEnvironment()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(inbox.handler)) as http:
-        acts = PlatformActivities(http, lambda workspace_id: "tok")
-
-        result = await env.run(acts.poll, poll_input())
-        assert result.rows == []
-        assert pauses[:60] == [1.0] * 60
-        assert pauses[60:63] == [1.5, 2.25, 3.375]
-        assert max(pauses) == IDLE_MAX_INTERVAL_S and pauses[-1] == IDLE_MAX_INTERVAL_S
-        assert len(inbox.requests) < 80  # 120 reads in these two minutes without the backoff
-
-        pauses.clear()
-        await env.run(acts.poll, poll_input(max_wait_s=60.0))
-        assert pauses and pauses[0] > 1.0  # still quiet: the next long poll carries on backed off
-
-        inbox.rows = [{"id": str(uuid.UUID(int=2)), "method": "notify"}]
-        pauses.clear()
-        result = await env.run(acts.poll, poll_input())
-        assert len(result.rows) == 1 and pauses == []
-
-        inbox.rows = []
-        await env.run(acts.poll, poll_input(max_wait_s=10.0))
-        assert set(pauses) == {1.0}  # traffic ended the quiet spell
-
-
-async def test_request_waiting_for_budget_heartbeats_temporal(inbox: Inbox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(platform_module, "BUDGET_HEARTBEAT_S", 0.05)
     env = ActivityEnvironment()
-    beats: list[Any] = []
+    beats: list[object] = []
     env.on_heartbeat = lambda *details: beats.append(details)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(inbox.handler)) as http:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
         budgets = RequestBudgets(per_minute=200, burst=1)
         acts = PlatformActivities(http, lambda workspace_id: "tok", budgets=budgets)
-        target = poll_input().target
-        row = PolledRow(row_id=str(uuid.UUID(int=1)), outcome="deliver", source_id=None)
+        target = PlatformTarget(workspace_id="11111111-1111-4111-8111-111111111111", platform_url="https://p.test")
+        row = PolledRow(row_id="00000000-0000-0000-0000-000000000001", outcome="deliver", source_id=None)
         reply = ReplyInput(target=target, row=row, parts=[TextPart(text="hi")])
         await env.run(acts.reply, reply)
         await env.run(acts.reply, reply)  # waits ~0.3 s for the next token
-    assert len(inbox.requests) == 2
+    assert len(requests) == 2
     assert len(beats) >= 2
     assert budgets.for_url(target.platform_url).queued == 1
+
+
+async def test_platform_429_lowers_the_budget_not_only_retried() -> None:
+    """A 429 answer still fails the request as Transient (Temporal retries it after Retry-After), and also halves
+    the platform's budget and empties it for Retry-After."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "rate limited"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        budgets = RequestBudgets(per_minute=480, burst=20)
+        acts = PlatformActivities(http, lambda workspace_id: "tok", budgets=budgets)
+        target = PlatformTarget(workspace_id="11111111-1111-4111-8111-111111111111", platform_url="https://p.test")
+        row = PolledRow(row_id="00000000-0000-0000-0000-000000000001", outcome="deliver", source_id=None)
+        with pytest.raises(ApplicationError) as raised:
+            await ActivityEnvironment().run(acts.reply, ReplyInput(target=target, row=row, parts=[TextPart(text="x")]))
+    assert raised.value.type == "Transient"
+    bucket = budgets.for_url(target.platform_url)
+    assert bucket.throttles == 1
+    assert bucket.effective_per_minute() == pytest.approx(240)
+    assert not bucket.try_acquire(Priority.HEARTBEAT)  # nothing before Retry-After

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import re
 import signal
@@ -92,6 +93,15 @@ RequestBudgetOption = Annotated[
         envvar="MOLECULE_REQUEST_BUDGET",
         help="Platform requests per minute shared by all connectors of this worker, per platform (0: unlimited).",
         min=0,
+    ),
+]
+SharedBudgetOption = Annotated[
+    bool,
+    typer.Option(
+        "--shared-budget/--no-shared-budget",
+        envvar="MOLECULE_SHARED_BUDGET",
+        help="Split the request budget with the other workers on this host (they share its IP) instead of each "
+        "using all of it.",
     ),
 ]
 RequestBurstOption = Annotated[
@@ -384,6 +394,8 @@ class Budget:
 
     per_min: float = DEFAULT_PER_MINUTE
     burst: int = DEFAULT_BURST
+    shared: bool = True
+    """Split with the other workers of this host (``--shared-budget``, ``worker.budget_share``)."""
 
 
 @dataclass(frozen=True)
@@ -421,18 +433,49 @@ async def connect_worker_client(metrics_port: int | None, metrics_host: str = DE
 @contextlib.asynccontextmanager
 async def serving(client: Client, task_queue: str, options: WorkerOptions) -> AsyncIterator[None]:
     """Run a worker on ``task_queue`` for the block; leaving it shuts down within ``options.shutdown_grace``."""
+    from activities.local_state import state_dir
     from worker.assemble import running_worker
+    from worker.budget_share import SHARE_DIR
 
+    budget = options.budget
     async with running_worker(
         client,
         task_queue=task_queue,
         token_for=options.tokens.token_for,
         org_id=os.environ.get("MOLECULE_ORG_ID") or None,
         graceful_shutdown=timedelta(seconds=options.shutdown_grace),
-        request_budget_per_min=options.budget.per_min,
-        request_burst=options.budget.burst,
+        request_budget_per_min=budget.per_min,
+        request_burst=budget.burst,
+        budget_share_dir=state_dir() / SHARE_DIR if budget.shared else None,
     ):
+        await announce_budget(client, task_queue, budget)
         yield
+
+
+async def announce_budget(client: Client, task_queue: str, budget: Budget) -> None:
+    """Say at start-up how often inboxes will be read, and whether the budget can carry the task queue's connectors.
+
+    Counts the running connectors on ``task_queue`` (Temporal visibility) as if this worker served them all.
+    """
+    from activities.planner import overload_advice, read_interval
+
+    if budget.per_min <= 0:
+        announce("request budget: unlimited (every inbox is read each poll_interval_s)")
+        return
+    query = f"WorkflowType = 'ConnectWorkflow' AND TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+    try:
+        count = (await asyncio.wait_for(client.count_workflows(query), timeout=10)).count
+    except Exception:  # noqa: BLE001 - a hint only: visibility may be slow or restricted
+        return
+    interval = read_interval(budget.per_min, count)
+    scope = " (split with the other workers on this host)" if budget.shared else ""
+    if interval is None:
+        logging.getLogger(__name__).warning("request budget overloaded: %s", overload_advice("", count, budget.per_min))
+    elif count:
+        announce(
+            f"request budget {budget.per_min:g}/min per platform{scope}: with {count} connector(s) on {task_queue}, "
+            f"each inbox is read every {interval:.1f} s at a 1 s poll if this worker serves them all"
+        )
 
 
 async def serve_worker(

@@ -31,6 +31,7 @@ from worker.cli.common import (
     PlatformUrlOption,
     RequestBudgetOption,
     RequestBurstOption,
+    SharedBudgetOption,
     ShutdownGraceOption,
     TaskQueueOption,
     TimeoutOption,
@@ -119,6 +120,7 @@ def run(
     log_level: LogLevelOption = "INFO",
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
     request_burst: RequestBurstOption = DEFAULT_BURST,
+    shared_budget: SharedBudgetOption = True,
 ) -> None:
     """Run a worker for one workspace and ensure its connector workflow; Ctrl-C stops the worker only.
 
@@ -134,7 +136,7 @@ def run(
     tokens = tokens_for(workspace_id)
     if not no_probe:
         probe(input, tokens)
-    options = WorkerOptions(tokens, shutdown_grace, Budget(request_budget, request_burst))
+    options = WorkerOptions(tokens, shutdown_grace, Budget(request_budget, request_burst, shared_budget))
     limit = timedelta(seconds=timeout)
 
     async def main() -> None:
@@ -174,6 +176,7 @@ def worker(
     log_level: LogLevelOption = "INFO",
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
     request_burst: RequestBurstOption = DEFAULT_BURST,
+    shared_budget: SharedBudgetOption = True,
 ) -> None:
     """Run a worker only: it serves every connector on the task queue (fleets run many of these).
 
@@ -182,7 +185,7 @@ def worker(
     $MOLECULE_WORKSPACE_ID to say which.
     """
     setup_logging(log_format, log_level)
-    options = WorkerOptions(tokens_for(None), shutdown_grace, Budget(request_budget, request_burst))
+    options = WorkerOptions(tokens_for(None), shutdown_grace, Budget(request_budget, request_burst, shared_budget))
 
     async def started(client: Client) -> str:
         return f"worker running on task queue {task_queue}"
