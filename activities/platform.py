@@ -632,10 +632,12 @@ class PlatformActivities:
         planner = self._budgets.planner_for(poll.target.platform_url)
         reads = 0
         trouble = _Beats(None)  # failure bookkeeping of the reads
+        wait_turn = True  # a read retried after a failure has waited its backoff instead
         try:
             while True:
-                if await self._read_turn(poll.target, poll.poll_interval_s, None):
+                if wait_turn and await self._read_turn(poll.target, poll.poll_interval_s, None):
                     return SessionResult()  # the worker is shutting down
+                wait_turn = True
                 reads += 1
                 try:
                     result = await self._poll_once(poll)
@@ -660,6 +662,7 @@ class PlatformActivities:
                     )
                     if await _pause(pause):
                         return SessionResult()
+                    wait_turn = False
                     continue
                 if input.in_trouble:
                     news = result.model_copy(update={"polls": reads}) if result is not None else None

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from worker.cli import _announce_budget, _Budget
+from worker.cli.common import Budget, announce_budget
 
 
 class FakeClient:
@@ -28,18 +28,18 @@ async def test_startup_overloaded_task_queue_is_a_warning_with_advice(caplog: py
     """300 connectors on the queue need 600 heartbeats/min, over 480: said at start-up with what to do."""
     client = FakeClient(300)
     with caplog.at_level(logging.WARNING):
-        await _announce_budget(client, "tq", _Budget(480, 20, True))  # type: ignore[arg-type]
+        await announce_budget(client, "tq", Budget(480, 20, True))  # type: ignore[arg-type]
     assert "TaskQueue = 'tq'" in client.queries[0] and "ExecutionStatus = 'Running'" in client.queries[0]
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "600 heartbeats/min" in record.getMessage() and "more client IPs" in record.getMessage()
 
 
 async def test_startup_budget_line_gives_the_planned_read_interval(capsys: pytest.CaptureFixture[str]) -> None:
-    await _announce_budget(FakeClient(100), "tq", _Budget(480, 20, True))  # type: ignore[arg-type]
+    await announce_budget(FakeClient(100), "tq", Budget(480, 20, True))  # type: ignore[arg-type]
     err = capsys.readouterr().err
     assert "100 connector(s) on tq" in err and "every 21.4 s" in err and "split with the other workers" in err
 
 
 async def test_startup_visibility_failure_says_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    await _announce_budget(FakeClient(RuntimeError("visibility down")), "tq", _Budget(480, 20, False))  # type: ignore[arg-type]
+    await announce_budget(FakeClient(RuntimeError("visibility down")), "tq", Budget(480, 20, False))  # type: ignore[arg-type]
     assert capsys.readouterr().err == ""
