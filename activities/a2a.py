@@ -1,4 +1,4 @@
-"""A2A v0.3 message models and the inbound normalizer (PROTOCOL.md §5).
+"""A2A v0.3 message models and the inbound normalizer (docs/protocol.md §5).
 
 The normalizer is the one home of the platform's rewrite table: the devplatform applies it to what senders post
 (turning :class:`MalformedMessageError` into ``400``), and the connector applies it again, tolerantly, to what it
@@ -125,7 +125,7 @@ def _part_from_raw(raw: Any) -> dict[str, Any]:
 
 
 def normalize_request(body: Any) -> dict[str, Any]:
-    """Normalize a posted A2A request body, following the platform's table (PROTOCOL.md §5).
+    """Normalize a posted A2A request body, following the platform's table (docs/protocol.md §5).
 
     Args:
         body: The decoded JSON body (any JSON value).
@@ -176,7 +176,7 @@ class ParsedMessage(BaseModel):
 
     Attributes:
         message: The normalized message; parts the models cannot represent are dropped from it.
-        text: Text parts joined in order with a newline (PROTOCOL.md §5, extraction order).
+        text: Text parts joined in order with a newline (docs/protocol.md §5, extraction order).
         unsupported_parts: How many parts were dropped because no known ``kind`` matched or they did not validate.
     """
 
@@ -203,7 +203,7 @@ def _raw_parts(body: dict[str, Any]) -> Any:
 
 
 def parse_inbound(body: Any) -> ParsedMessage:
-    """Parse an inbox row's ``request_body`` into a message and its text (PROTOCOL.md §4–5).
+    """Parse an inbox row's ``request_body`` into a message and its text (docs/protocol.md §4–5).
 
     Tolerant: applies :func:`normalize_request` first, reads ``type`` as ``kind``, falls back to ``params.parts`` and
     top-level ``parts``, and counts rather than rejects parts it does not know.
@@ -269,7 +269,7 @@ def build_reply_request(
     row_id: str,
     extra_metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the ``message/send`` request that replies to a peer (PROTOCOL.md §5, "Replies the connector sends").
+    """Build the ``message/send`` request that replies to a peer (docs/protocol.md §5, "Replies the connector sends").
 
     Args:
         message_id: Deterministic reply messageId (see :func:`reply_message_id`).
@@ -306,7 +306,7 @@ REPLY_NAMESPACE = uuid.UUID("6f1d0c2e-8a53-4c1e-9a0b-5d1f3e7c2b41")
 
 
 def reply_message_id(workspace_id: str, row_id: str, *, error: bool = False) -> str:
-    """The deterministic messageId of our reply to one inbound row (PROTOCOL.md §3.4).
+    """The deterministic messageId of our reply to one inbound row (docs/protocol.md §3.4).
 
     The error reply of a dead letter has its own id: sharing the answer's id would make the platform drop the real
     answer sent after a redrive as a duplicate of the error reply.

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 DEFAULT_PER_MINUTE = 480
-"""Default budget per platform: the platform's 600 requests/min/IP (PROTOCOL.md §2) with 20 % headroom for other
+"""Default budget per platform: the platform's 600 requests/min/IP (docs/protocol.md §2) with 20 % headroom for other
 clients on the same IP (the ``molecule`` CLI, a second worker briefly overlapping during a deploy)."""
 DEFAULT_BURST = 20
 """Default bucket size: a worker restart re-registers and re-polls its workspaces at once; 20 lets a small fleet

@@ -1,4 +1,4 @@
-"""Failure classes of PROTOCOL.md §2 as Temporal ``ApplicationError`` types, and the one status classifier.
+"""Failure classes of docs/protocol.md §2 as Temporal ``ApplicationError`` types, and the one status classifier.
 
 Transient failures are retryable (with ``next_retry_delay`` from ``Retry-After``); auth, gone and permanent ones are
 non-retryable and carry a constant ``type`` that ``ConnectWorkflow`` matches on. Error text holds the operation, the
@@ -63,7 +63,7 @@ BACKOFF_MAX_S = 60.0
 JITTER = 0.25
 """Transient retries without ``Retry-After`` wait ``min(60, 2**(attempt-1))`` s ± 25 %: the schedule of the
 workflow's ``PLATFORM_RETRY`` policy, plus the jitter Temporal's retry policy does not add, so a fleet that failed
-together does not retry in lockstep (PROTOCOL.md §2)."""
+together does not retry in lockstep (docs/protocol.md §2)."""
 
 
 def jittered_backoff() -> timedelta | None:
@@ -113,7 +113,7 @@ def body_excerpt(response: httpx.Response, limit: int = 200) -> str:
 
 
 def classify_response(operation: str, response: httpx.Response, *, own_workspace: bool = True) -> ApplicationError:
-    """Map a non-2xx response to the PROTOCOL.md §2 class, as an ``ApplicationError`` to raise.
+    """Map a non-2xx response to the docs/protocol.md §2 class, as an ``ApplicationError`` to raise.
 
     Args:
         operation: What was attempted, e.g. ``"poll"`` or ``"reply to <id>"``.
@@ -141,7 +141,7 @@ def classify_response(operation: str, response: httpx.Response, *, own_workspace
 
 
 def transport_error(operation: str, err: httpx.HTTPError) -> ApplicationError:
-    """A network failure or timeout as a retryable ``Transient`` error (PROTOCOL.md §2)."""
+    """A network failure or timeout as a retryable ``Transient`` error (docs/protocol.md §2)."""
     return ApplicationError(
         redact(f"{operation}: {type(err).__name__}: {err}")[:300],
         type=ErrorType.TRANSIENT,

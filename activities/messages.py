@@ -107,7 +107,7 @@ class RegisterResult(Model):
 
 
 class HeartbeatInput(Model):
-    """Input of the long-running ``heartbeat`` activity (PROTOCOL.md §3.2)."""
+    """Input of the long-running ``heartbeat`` activity (docs/protocol.md §3.2)."""
 
     target: PlatformTarget
     interval_s: float = 30.0
@@ -130,7 +130,7 @@ ColdStart = Literal["latest", "backlog"]
 
 
 class PollInput(Model):
-    """Input of the long-poll ``poll`` activity (PROTOCOL.md §3.3).
+    """Input of the long-poll ``poll`` activity (docs/protocol.md §3.3).
 
     Without a ``cursor``: before the first successful poll (``seeded`` false) ``start_from`` applies; after it, every
     row in the inbox is new (the inbox was empty when seeded), so the newest ``limit`` rows are returned oldest first.
@@ -159,7 +159,7 @@ class PollInput(Model):
 
 
 class BodyRef(Model):
-    """Where ``dispatch`` re-reads a request body too large to carry through Temporal (PROTOCOL.md §3.3).
+    """Where ``dispatch`` re-reads a request body too large to carry through Temporal (docs/protocol.md §3.3).
 
     The platform has no single-row read, so a row is re-read as the one row after its predecessor:
     ``GET /workspaces/{id}/activity?type=a2a_receive&since_id=<read_after>&limit=1``, checking the answer's ``id``.
@@ -175,7 +175,7 @@ class BodyRef(Model):
 
 
 class PolledRow(Model):
-    """One inbox row as the workflow sees it: to deliver, to skip, or malformed (PROTOCOL.md §4)."""
+    """One inbox row as the workflow sees it: to deliver, to skip, or malformed (docs/protocol.md §4)."""
 
     row_id: str
     created_at: datetime | None = None
@@ -203,7 +203,7 @@ class PolledRow(Model):
     """Set when the body was too large to carry (over ``BODY_REF_BYTES``): ``dispatch`` re-reads it from the
     platform before running the backend."""
     auto_reply_depth: int = 0
-    """``metadata.auto_reply_depth`` of the inbound message: how many automatic replies led to it (PROTOCOL.md §7)."""
+    """``metadata.auto_reply_depth`` of the inbound message: automatic replies that led to it (docs/protocol.md §7)."""
 
     @property
     def message_text(self) -> str:
@@ -359,7 +359,7 @@ class DispatchResult(Model):
 
 
 class ReplyInput(Model):
-    """Input of ``reply`` (PROTOCOL.md §1.5, §3.4, §3.5)."""
+    """Input of ``reply`` (docs/protocol.md §1.5, §3.4, §3.5)."""
 
     target: PlatformTarget
     row: PolledRow

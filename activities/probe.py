@@ -1,7 +1,7 @@
-"""The startup capability probe (PROTOCOL.md §3.3): does this platform support poll mode's inbox cursor?
+"""The startup capability probe (docs/protocol.md §3.3): does this platform support poll mode's inbox cursor?
 
 ``GET /workspaces/{id}/activity?since_id=00000000-0000-0000-0000-000000000000&limit=1`` with the workspace token
-(and the hosted-platform headers of PROTOCOL.md §2). A platform that supports ``since_id`` cannot find that cursor
+(and the hosted-platform headers of docs/protocol.md §2). A platform that supports ``since_id`` cannot find that cursor
 and answers ``410``; an older one ignores the parameter and answers ``200`` with rows, and a connector polling it
 would deliver the newest rows again on every poll. The probe runs once, before a connector starts, so such a
 platform, a rejected token or a missing tenant header is one clear line instead of a connector stuck ``blocked``.
@@ -30,7 +30,7 @@ async def probe_platform(
     org_id: str | None = None,
     http: httpx.AsyncClient | None = None,
 ) -> None:
-    """Check that the platform supports poll mode for this workspace and token (PROTOCOL.md §3.3).
+    """Check that the platform supports poll mode for this workspace and token (docs/protocol.md §3.3).
 
     Args:
         platform_url: The platform base URL, without trailing slash; also sent as ``Origin``.

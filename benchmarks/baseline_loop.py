@@ -11,7 +11,7 @@ the skip rules and A2A parsing (:func:`activities.inbox.row_to_polled`), the bac
 (:func:`activities.backends.create_backend`), and the reply shape and deterministic reply id
 (:func:`activities.a2a.build_reply_request`). A body the connector would pass by reference (over
 :data:`activities.inbox.BODY_REF_BYTES`) is parsed from the row already in memory: the baseline has no history
-to keep small, so it needs no re-read. It does not repeat the Go CLI's known mistakes (PROTOCOL.md §9:
+to keep small, so it needs no re-read. It does not repeat the Go CLI's known mistakes (docs/protocol.md §9:
 reply shape, canvas replies, notify echo rows). What it deliberately lacks is what Temporal gives the connector:
 no retries with backoff, no dead letters, no parallel lanes, no crash-safe reply-once guarantee (a crash between
 reply and cursor save replies twice), no control plane.

@@ -61,7 +61,7 @@ async def collect(
     """Every replied message the peer sent to ``agent_ids``, oldest first.
 
     Replies are matched to inbound rows by ``metadata.activity_id`` (the connector and the baseline both set it
-    to the inbound row id, PROTOCOL.md §5).
+    to the inbound row id, docs/protocol.md §5).
     """
     replied: dict[str, float] = {}
     for row in await stack.admin.rows(peer_id):

@@ -60,7 +60,7 @@ MAX_DURATIONS = 200_000
 
 
 def classify(method: str, path: str) -> tuple[str, str | None]:
-    """The request kind and the workspace id in its path, if any (PROTOCOL.md §3)."""
+    """The request kind and the workspace id in its path, if any (docs/protocol.md §3)."""
     if path.startswith("/admin/"):
         return "admin", None
     if method == "POST" and path == "/registry/register":

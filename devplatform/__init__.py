@@ -18,7 +18,7 @@ Modules:
   :class:`~devplatform.client.AsyncPlatformAdmin` (async), same methods.
 - ``calls``: the clients' requests, built once for both, and the values they return.
 
-Contract: PROTOCOL.md §3–6, reproduced as the platform does it, not as clients wish it were:
+Contract: docs/protocol.md §3–6, reproduced as the platform does it, not as clients wish it were:
 
 - register/heartbeat upsert liveness; a removed workspace is never resurrected; heartbeats move
   ``online``/``degraded`` by ``error_rate`` and ``runtime_state``; ``stale_after_s`` of silence →

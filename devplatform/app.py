@@ -27,7 +27,7 @@ from devplatform.sweeper import run_stale_sweep
 
 
 async def _http_error_handler(_request: Request, exc: Exception) -> Response:
-    """Render Starlette's own errors (unknown route, wrong method) as ``{"error": ...}`` (PROTOCOL.md §2)."""
+    """Render Starlette's own errors (unknown route, wrong method) as ``{"error": ...}`` (docs/protocol.md §2)."""
     assert isinstance(exc, StarletteHTTPException)
     return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).to_response()
 
@@ -63,7 +63,7 @@ def create_app(settings: PlatformSettings, *, clock: Callable[[], datetime] | No
 
     app = FastAPI(
         title="Molecule devplatform",
-        summary="A local Molecule platform for poll-mode connectors (PROTOCOL.md §3–6).",
+        summary="A local Molecule platform for poll-mode connectors (docs/protocol.md §3–6).",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )

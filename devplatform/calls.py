@@ -51,7 +51,7 @@ class CreatedWorkspace:
 def text_message(
     text: str, *, context_id: str | None = None, message_id: str | None = None
 ) -> dict[str, Any]:
-    """A canonical ``message/send`` request with one text part (PROTOCOL.md §5).
+    """A canonical ``message/send`` request with one text part (docs/protocol.md §5).
 
     Args:
         text: The text.
@@ -277,5 +277,5 @@ def raw_row_body(
 
 
 def default_headers(base_url: str) -> dict[str, str]:
-    """Headers of every client request; ``Origin`` satisfies the tenant rule (PROTOCOL.md §2)."""
+    """Headers of every client request; ``Origin`` satisfies the tenant rule (docs/protocol.md §2)."""
     return {"Origin": base_url.rstrip("/"), "Accept": "application/json", "Content-Type": "application/json"}

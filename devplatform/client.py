@@ -4,7 +4,7 @@
 
 Both build their requests with :class:`devplatform.calls.CallBuilder`, so the two differ only in how they
 send. Most calls use the admin token; :meth:`PlatformAdmin.inbox` and :meth:`PlatformAdmin.send_message` can
-act as a workspace instead. Every request carries ``Origin: <base url>``, so the tenant rule (PROTOCOL.md §2)
+act as a workspace instead. Every request carries ``Origin: <base url>``, so the tenant rule (docs/protocol.md §2)
 is satisfied. Non-2xx answers raise :class:`PlatformRequestError`.
 
 This is a harness, not the connector: the connector's own HTTP client lives in ``activities/``.
@@ -103,7 +103,7 @@ class PlatformAdmin:
     def send_message(
         self, target_id: str, body: dict[str, Any], *, sender: CreatedWorkspace | None = None
     ) -> dict[str, Any]:
-        """Post an A2A request to ``target_id`` (``POST /workspaces/{id}/a2a``, PROTOCOL.md §3.4).
+        """Post an A2A request to ``target_id`` (``POST /workspaces/{id}/a2a``, docs/protocol.md §3.4).
 
         Args:
             target_id: Receiving workspace.
@@ -140,7 +140,7 @@ class PlatformAdmin:
         source: str | None = None,
         since_secs: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Read an inbox exactly as a connector does (``GET /workspaces/{id}/activity``, PROTOCOL.md §3.3).
+        """Read an inbox exactly as a connector does (``GET /workspaces/{id}/activity``, docs/protocol.md §3.3).
 
         Args:
             workspace_id: Whose inbox.

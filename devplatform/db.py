@@ -1,4 +1,4 @@
-"""The devplatform's SQLite file: schema and every SQL statement (PROTOCOL.md §1, §3–4, §6).
+"""The devplatform's SQLite file: schema and every SQL statement (docs/protocol.md §1, §3–4, §6).
 
 One :class:`Database` owns one ``sqlite3`` connection in WAL mode, shared by all requests under a lock; each
 method is one short transaction, so the functions can be unit-tested without FastAPI. Records come back as
@@ -93,7 +93,7 @@ _ADDED_ROW_COLUMNS = {"raw_request_body": "INTEGER NOT NULL DEFAULT 0"}
 
 
 def format_timestamp(moment: datetime) -> str:
-    """ISO-8601 UTC with microseconds and ``Z``, the platform's ``created_at`` format (PROTOCOL.md §4)."""
+    """ISO-8601 UTC with microseconds and ``Z``, the platform's ``created_at`` format (docs/protocol.md §4)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -185,7 +185,7 @@ class Database:
         runtime: str = "external",
         delivery_mode: str | None = "poll",
     ) -> WorkspaceRecord:
-        """Insert a workspace in status ``awaiting_agent`` (PROTOCOL.md §1.1).
+        """Insert a workspace in status ``awaiting_agent`` (docs/protocol.md §1.1).
 
         Args:
             name: Display name.
@@ -257,7 +257,7 @@ class Database:
         agent_card: dict[str, Any],
         token_hash: str | None = None,
     ) -> WorkspaceRecord:
-        """Upsert registration: ``status=online``, ``last_heartbeat_at=now`` (PROTOCOL.md §3.1).
+        """Upsert registration: ``status=online``, ``last_heartbeat_at=now`` (docs/protocol.md §3.1).
 
         The caller has checked that the workspace exists and is not removed.
 
@@ -295,7 +295,7 @@ class Database:
         error_rate: float | None,
         runtime_state: str | None,
     ) -> WorkspaceRecord | None:
-        """Record a heartbeat and move the status, atomically (PROTOCOL.md §3.2).
+        """Record a heartbeat and move the status, atomically (docs/protocol.md §3.2).
 
         Args:
             workspace_id: Workspace id.
@@ -325,7 +325,7 @@ class Database:
         return self.get_workspace(workspace_id)
 
     def sweep_stale(self, stale_before: datetime) -> list[str]:
-        """Send silent external workspaces back to ``awaiting_agent`` (PROTOCOL.md §1.6).
+        """Send silent external workspaces back to ``awaiting_agent`` (docs/protocol.md §1.6).
 
         Args:
             stale_before: Workspaces whose last heartbeat is older than this moment are stale.
@@ -367,7 +367,7 @@ class Database:
         return stamp
 
     def insert_row(self, new: NewRow) -> tuple[ActivityRow, bool]:
-        """Insert an activity row, unless its ``message_id`` is already in that inbox (PROTOCOL.md §3.4).
+        """Insert an activity row, unless its ``message_id`` is already in that inbox (docs/protocol.md §3.4).
 
         Args:
             new: The row; a non-null ``message_id`` makes the insert idempotent per ``workspace_id``.
@@ -480,7 +480,7 @@ class Database:
         return None if row is None else _row_from(row)
 
     def list_rows(self, workspace_id: str, query: InboxQuery) -> list[ActivityRow]:
-        """The inbox page for ``query`` (PROTOCOL.md §3.3).
+        """The inbox page for ``query`` (docs/protocol.md §3.3).
 
         With a cursor (``query.after``): rows strictly after it by ``(created_at, seq)``, oldest first.
         Without: the newest rows, newest first.
@@ -534,7 +534,7 @@ class Database:
         before: ActivityRow | None = None,
         older_than: datetime | None = None,
     ) -> int:
-        """Delete rows, as retention does (PROTOCOL.md §6), so that cursors to them answer ``410``.
+        """Delete rows, as retention does (docs/protocol.md §6), so that cursors to them answer ``410``.
 
         Args:
             workspace_id: Only this inbox; ``None`` for all.

@@ -1,4 +1,4 @@
-"""Request dependencies: app state, bearer auth, the tenant rule and JSON bodies (PROTOCOL.md §2, §3.4).
+"""Request dependencies: app state, bearer auth, the tenant rule and JSON bodies (docs/protocol.md §2, §3.4).
 
 Every dependency is ``async def``: none blocks (a SQLite lookup by index takes microseconds, and the handlers call
 the database from the event loop anyway), and FastAPI runs a plain ``def`` dependency in its thread pool, a hop per
@@ -11,7 +11,7 @@ Auth rules, in one place:
   token ``403``; the one exception is ``POST /workspaces/{target}/a2a``, where the bearer names the *sender*;
 - the **admin token** (``PlatformSettings.admin_token``) opens ``/admin``, may read any workspace, and sends
   canvas (human) messages when used without ``X-Workspace-ID``;
-- a removed workspace's own calls answer ``404`` (PROTOCOL.md §2: "404 on own workspace" means gone).
+- a removed workspace's own calls answer ``404`` (docs/protocol.md §2: "404 on own workspace" means gone).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def workspace_gone(record: WorkspaceRecord) -> ApiError:
 
 
 def authenticate_workspace(db: Database, token: str | None, workspace_id: str) -> WorkspaceRecord:
-    """Check that ``token`` is the live bearer of ``workspace_id`` (PROTOCOL.md §2).
+    """Check that ``token`` is the live bearer of ``workspace_id`` (docs/protocol.md §2).
 
     Args:
         db: Database.
@@ -175,7 +175,7 @@ async def a2a_sender(
     settings: SettingsDep,
     x_workspace_id: Annotated[str | None, Header()] = None,
 ) -> Sender:
-    """Authenticate the sender of an A2A request (PROTOCOL.md §3.4, first step).
+    """Authenticate the sender of an A2A request (docs/protocol.md §3.4, first step).
 
     Raises:
         ApiError: ``401`` on a missing or unknown token; ``403`` when ``X-Workspace-ID`` does not match the
@@ -201,7 +201,7 @@ SenderDep = Annotated[Sender, Depends(a2a_sender)]
 
 
 async def require_tenant_headers(request: Request, settings: SettingsDep) -> None:
-    """The hosted-platform rule for ``/workspaces/*`` (PROTOCOL.md §2), when enabled in settings.
+    """The hosted-platform rule for ``/workspaces/*`` (docs/protocol.md §2), when enabled in settings.
 
     Raises:
         ApiError: ``404`` with an empty body unless ``X-Molecule-Org-Id`` or an acceptable ``Origin`` is

@@ -1,4 +1,4 @@
-"""Fault injection: make the next matching requests fail or stall, for connector tests (DESIGN.md §5).
+"""Fault injection: make the next matching requests fail or stall, for connector tests (docs/architecture.md §5).
 
 A :class:`Fault` is added with ``POST /admin/faults`` and consumed by :class:`FaultMiddleware`, which wraps
 every route except ``/admin``. Each request takes at most one fault, the oldest that matches; a fault is
@@ -6,7 +6,7 @@ dropped once its ``count`` is used up.
 
 ``phase`` chooses when a fault strikes. ``before`` (the default) fails the request without running it, like a
 proxy error. ``after`` runs the request (its rows are stored) and then replaces the answer, like a response
-lost on the way back: the way to prove that a retried reply is deduplicated by ``messageId`` (PROTOCOL.md
+lost on the way back: the way to prove that a retried reply is deduplicated by ``messageId`` (docs/protocol.md
 §3.4).
 """
 

@@ -1,4 +1,4 @@
-"""The per-client-IP rate limit (PROTOCOL.md §2: 600 requests/min → ``429`` with ``Retry-After``).
+"""The per-client-IP rate limit (docs/protocol.md §2: 600 requests/min → ``429`` with ``Retry-After``).
 
 :class:`RateLimiter` is a sliding 60 s window per key; :class:`RateLimitMiddleware` applies it to every HTTP
 request except ``/admin`` (the test harness must never be throttled by the platform it drives).

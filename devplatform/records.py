@@ -1,4 +1,4 @@
-"""What the devplatform stores, as frozen records: workspaces, activity rows, inbox queries (PROTOCOL.md §4).
+"""What the devplatform stores, as frozen records: workspaces, activity rows, inbox queries (docs/protocol.md §4).
 
 :mod:`devplatform.db` reads and writes them; ``to_json`` gives the wire shape. No SQL here.
 """
@@ -14,7 +14,7 @@ import orjson
 ACTIVITY_TYPES = frozenset(
     {"a2a_send", "a2a_receive", "task_update", "agent_log", "skill_promotion", "memory_write", "error"}
 )
-"""Activity types a workspace may self-report (PROTOCOL.md §3.6)."""
+"""Activity types a workspace may self-report (docs/protocol.md §3.6)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class WorkspaceRecord:
         runtime: ``external`` for connector-attached workspaces.
         delivery_mode: ``poll`` or ``push``; ``None`` until set.
         url: Agent URL of a push workspace.
-        status: A PROTOCOL.md §6 status (``awaiting_agent``, ``online``, ``degraded``, ``removed``...).
+        status: A docs/protocol.md §6 status (``awaiting_agent``, ``online``, ``degraded``, ``removed``...).
         token_hash: SHA-256 (hex) of the live bearer token; ``None`` before bootstrap.
         agent_card: Card sent at register.
         last_heartbeat_at: Last register or heartbeat, ISO-8601.
@@ -100,7 +100,7 @@ class RawJson:
 
 @dataclass(frozen=True, slots=True)
 class ActivityRow:
-    """One activity row, the unit of the inbox (PROTOCOL.md §4).
+    """One activity row, the unit of the inbox (docs/protocol.md §4).
 
     Attributes:
         id: Row UUID, the inbox cursor (not the A2A messageId).
@@ -136,7 +136,7 @@ class ActivityRow:
     created_at: str
 
     def to_json(self, *, admin: bool = False) -> dict[str, Any]:
-        """The wire shape: ``request_body``/``response_body`` omitted when null (PROTOCOL.md §4).
+        """The wire shape: ``request_body``/``response_body`` omitted when null (docs/protocol.md §4).
 
         Args:
             admin: Add ``message_id`` and ``duplicates`` (the admin view; they are not part of the protocol), and
@@ -188,7 +188,7 @@ class NewRow:
 
 @dataclass(frozen=True, slots=True)
 class InboxQuery:
-    """A parsed ``GET /workspaces/{id}/activity`` (PROTOCOL.md §3.3).
+    """A parsed ``GET /workspaces/{id}/activity`` (docs/protocol.md §3.3).
 
     Attributes:
         activity_type: Exact ``activity_type`` filter.

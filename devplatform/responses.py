@@ -2,7 +2,7 @@
 
 Every body is encoded with orjson. FastAPI 0.165 deprecates its own ``ORJSONResponse``, so
 :class:`OrjsonResponse` is a three-line subclass of Starlette's ``JSONResponse``. Routes, dependencies and
-middleware fail by raising :class:`ApiError`; :func:`api_error_handler` renders it (PROTOCOL.md §2:
+middleware fail by raising :class:`ApiError`; :func:`api_error_handler` renders it (docs/protocol.md §2:
 ``{"error": "..."}`` bodies).
 """
 

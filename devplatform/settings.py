@@ -1,4 +1,4 @@
-"""Settings of one devplatform instance (PROTOCOL.md §6 gives the production values used as defaults)."""
+"""Settings of one devplatform instance (docs/protocol.md §6 gives the production values used as defaults)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-"""The platform's request body cap (PROTOCOL.md §6): 16 MiB."""
+"""The platform's request body cap (docs/protocol.md §6): 16 MiB."""
 
 
 class PlatformSettings(BaseModel):
-    """How a devplatform behaves; every timing default is the production value from PROTOCOL.md §6.
+    """How a devplatform behaves; every timing default is the production value from docs/protocol.md §6.
 
     Frozen: an app reads its settings once in :func:`devplatform.app.create_app`, so a changed copy needs a
     new app.
@@ -33,7 +33,7 @@ class PlatformSettings(BaseModel):
     exempt."""
     require_tenant_headers: bool = False
     """Behave like a hosted platform: ``/workspaces/*`` answers ``404`` with an empty body unless the request
-    carries ``Origin`` or ``X-Molecule-Org-Id`` (PROTOCOL.md §2)."""
+    carries ``Origin`` or ``X-Molecule-Org-Id`` (docs/protocol.md §2)."""
     public_url: str | None = None
     """Base URL the platform is reached at. When set (and tenant headers are required), an ``Origin`` header
     counts only if it equals this URL; when unset, any ``Origin`` counts."""

@@ -1,4 +1,4 @@
-"""The stale sweep: silent external workspaces go back to ``awaiting_agent`` (PROTOCOL.md §1.6).
+"""The stale sweep: silent external workspaces go back to ``awaiting_agent`` (docs/protocol.md §1.6).
 
 Production runs it every 15 s with a 90 s window; both are
 :class:`~devplatform.settings.PlatformSettings` fields.

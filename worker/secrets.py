@@ -1,6 +1,6 @@
 """Platform tokens by workspace id, resolved inside the worker and never sent through Temporal.
 
-DESIGN.md §2: no secret enters workflow input, activity input/output or history. Activities receive a
+docs/architecture.md §2: no secret enters workflow input, activity input/output or history. Activities receive a
 workspace id and ask a `TokenStore` for the bearer token at the moment they build a request.
 
 Sources, in order of precedence:

@@ -1,6 +1,6 @@
 """Connecting to Temporal: a configured server through `temporalio.envconfig`, else the embedded dev server.
 
-A server counts as configured (DESIGN.md §4) when any of these holds:
+A server counts as configured (docs/architecture.md §4) when any of these holds:
 
 - `TEMPORAL_ADDRESS` or `TEMPORAL_PROFILE` is set (non-empty);
 - a client config file exists: `TEMPORAL_CONFIG_FILE` when set, else the default path `temporalio.envconfig`

@@ -91,11 +91,11 @@ class ConnectSettings(Model):
     and the sender is told once (docs/protocol.md §7)."""
     max_auto_replies_per_minute: int = Field(default=10, ge=1)
     """Automatic replies (``auto_reply_depth`` ≥ 1) dispatched per conversation per minute at most; more are
-    settled without dispatch, so two auto-responders cannot answer each other forever (PROTOCOL.md §7)."""
+    settled without dispatch, so two auto-responders cannot answer each other forever (docs/protocol.md §7)."""
 
 
 class ConnectInput(Model):
-    """Input of ``ConnectWorkflow`` (DESIGN.md §2). Continue-as-new passes the same model with ``state`` set."""
+    """Input of ``ConnectWorkflow`` (docs/architecture.md §2.3); continue-as-new passes it with ``state`` set."""
 
     workspace_id: str
     """The workspace to serve."""
@@ -217,7 +217,7 @@ class SetCursorInput(Model):
 
     row_id: str
     """An activity row id (a UUID), or ``latest`` to skip to the newest row. Settled messages are never redelivered:
-    the dedupe window still drops them after a rewind (PROTOCOL.md §8)."""
+    the dedupe window still drops them after a rewind (docs/protocol.md §8)."""
 
 
 class DeadLetterPage(Model):

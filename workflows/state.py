@@ -51,7 +51,7 @@ def _parts_bytes(parts: list[ReplyPart] | None) -> int:
 
 
 def lane_of(row: PolledRow) -> str:
-    """The conversation a row belongs to (PROTOCOL.md §7): ``contextId``, else the sender, else ``canvas``."""
+    """The conversation a row belongs to (docs/protocol.md §7): ``contextId``, else the sender, else ``canvas``."""
     return row.lane
 
 
@@ -69,7 +69,7 @@ class Counters(StateModel):
     replied: int = 0
     """Messages answered (backend reply accepted by the platform)."""
     skipped: int = 0
-    """Rows settled without dispatch (PROTOCOL.md §4 skip rules, ping-pong guard)."""
+    """Rows settled without dispatch (docs/protocol.md §4 skip rules, ping-pong guard)."""
     duplicates: int = 0
     """Rows or messageIds seen again and dropped by the dedupe window."""
     dead_lettered: int = 0

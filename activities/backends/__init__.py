@@ -1,4 +1,4 @@
-"""Backends: what answers a message once dispatch has it (DESIGN.md §3).
+"""Backends: what answers a message once dispatch has it (docs/architecture.md §3).
 
 Modules:
 

@@ -1,4 +1,4 @@
-"""The backend contract: one inbound message in, reply parts out (DESIGN.md §3).
+"""The backend contract: one inbound message in, reply parts out (docs/architecture.md §3).
 
 A backend never sees Temporal: ``activities.dispatch`` heartbeats while ``handle`` runs, and cancels the
 ``handle`` task on activity cancellation or worker shutdown (a backend must then stop its work, e.g. kill its

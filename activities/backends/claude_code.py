@@ -1,6 +1,6 @@
 """The ``claude-code`` backend: answers each message with ``claude -p``, one Claude session per conversation.
 
-Contract (DESIGN.md §3):
+Contract (docs/architecture.md §3):
 
 - The message text goes to ``claude -p`` on stdin; its stdout (minus one trailing newline) is the reply, one
   text part. ``-o args="--model sonnet --allowedTools Read"`` adds arguments, split like a shell line and

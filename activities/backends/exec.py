@@ -1,6 +1,6 @@
 """The ``exec`` backend: runs a command for each message; the text goes to its stdin, its stdout is the reply.
 
-Contract (DESIGN.md §3):
+Contract (docs/architecture.md §3):
 
 - ``-o cmd`` is split like a POSIX shell line (``shlex``) and run **without** a shell: no pipes, globs or
   ``$VAR`` expansion, so message text can never be interpreted. For shell syntax, run a shell yourself:

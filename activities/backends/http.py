@@ -1,6 +1,6 @@
 """The ``http`` backend: forwards each message to an A2A agent as a v0.3 JSON-RPC ``message/send``.
 
-Contract (DESIGN.md §3, A2A v0.3 §7.1):
+Contract (docs/architecture.md §3, A2A v0.3 §7.1):
 
 - Request: ``POST -o url`` with ``{"jsonrpc": "2.0", "id", "method": "message/send", "params": {"message",
   "configuration": {"blocking": true}, "metadata": {"molecule": {...}}}}``. The message keeps the inbound

@@ -6,7 +6,7 @@ turns a ``{key: value}`` string mapping into that model and every validation fai
 :class:`~activities.backends.base.BackendConfigError` line (``exec: unknown option 'foo' (known: cmd, ...)``);
 :func:`describe_options` lists the fields for ``available_backends()``.
 
-Options never hold secrets themselves (DESIGN.md §3): an option that needs one names an environment variable.
+Options never hold secrets themselves (docs/architecture.md §3): an option that needs one names an environment variable.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The devplatform's routers, one per PROTOCOL.md §3 group.
+"""The devplatform's routers, one per docs/protocol.md §3 group.
 
 - ``registry``: ``POST /registry/register``, ``POST /registry/heartbeat`` (§3.1–3.2).
 - ``workspaces``: ``GET /workspaces/{id}``, ``GET|POST /workspaces/{id}/activity``, ``POST .../a2a``,

@@ -1,4 +1,4 @@
-"""``/admin``: what tests, the demo and benchmarks need beyond the protocol (DESIGN.md §5).
+"""``/admin``: what tests, the demo and benchmarks need beyond the protocol (docs/architecture.md §5).
 
 Workspaces (create → id + token, status, token rotation, removal, liveness log), inbox inspection, hostile rows (stored
 and served verbatim, for connector tests of rows a real platform could return but the a2a route refuses),
@@ -86,7 +86,7 @@ def _workspace(db: Database, workspace_id: str) -> WorkspaceRecord:
 
 @router.post("/workspaces", status_code=201)
 async def create_workspace(body: CreateWorkspaceRequest, db: DbDep) -> OrjsonResponse:
-    """Create an external workspace in ``awaiting_agent`` (PROTOCOL.md §1.1).
+    """Create an external workspace in ``awaiting_agent`` (docs/protocol.md §1.1).
 
     Returns:
         ``201 {"id", "token"}``; ``token`` is ``null`` when ``issue_token`` is false.
@@ -147,7 +147,7 @@ async def liveness(workspace_id: str, db: DbDep) -> OrjsonResponse:
     """A workspace's liveness log, oldest first: accepted registers and heartbeats, and stale sweeps.
 
     What failover tests read: the gaps between accepted heartbeats (a register refreshes ``last_heartbeat_at``
-    too) and whether the workspace ever went ``awaiting_agent`` (PROTOCOL.md §1.6, §3.1–3.2).
+    too) and whether the workspace ever went ``awaiting_agent`` (docs/protocol.md §1.6, §3.1–3.2).
 
     Returns:
         ``[{"event": "register" | "heartbeat" | "stale", "status": <status after it>, "at": <ISO-8601>}]``.
@@ -208,7 +208,7 @@ async def insert_raw_row(workspace_id: str, body: RawRowRequest, db: DbDep) -> O
 
 @router.post("/prune")
 async def prune(body: PruneRequest, db: DbDep) -> OrjsonResponse:
-    """Delete rows as retention would, so that cursors to them answer ``410`` (PROTOCOL.md §3.3, §6).
+    """Delete rows as retention would, so that cursors to them answer ``410`` (docs/protocol.md §3.3, §6).
 
     Returns:
         ``{"deleted": n}``.

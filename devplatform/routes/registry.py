@@ -1,4 +1,4 @@
-"""``/registry``: register and heartbeat, the connector's liveness duty (PROTOCOL.md §3.1–3.2, §1.6).
+"""``/registry``: register and heartbeat, the connector's liveness duty (docs/protocol.md §3.1–3.2, §1.6).
 
 The status rules of a heartbeat are the pure function :func:`heartbeat_status`; the stale sweep that undoes
 them lives in :mod:`devplatform.sweeper`.
@@ -19,7 +19,7 @@ from devplatform.responses import ApiError, OrjsonResponse
 router = APIRouter(prefix="/registry", tags=["registry"])
 
 DEGRADED_AT_ERROR_RATE = 0.5
-"""``error_rate`` at or above which an online workspace is ``degraded`` (PROTOCOL.md §3.2)."""
+"""``error_rate`` at or above which an online workspace is ``degraded`` (docs/protocol.md §3.2)."""
 RECOVERED_BELOW_ERROR_RATE = 0.1
 """``error_rate`` below which a degraded workspace with empty ``runtime_state`` is ``online`` again."""
 REVIVED_BY_HEARTBEAT = frozenset({"awaiting_agent", "offline", "provisioning"})
@@ -61,7 +61,7 @@ class HeartbeatRequest(BaseModel):
 
 
 def heartbeat_status(current: str, *, error_rate: float | None, runtime_state: str | None) -> str:
-    """The status after a heartbeat (PROTOCOL.md §3.2).
+    """The status after a heartbeat (docs/protocol.md §3.2).
 
     Args:
         current: Status before the heartbeat.
@@ -84,7 +84,7 @@ def heartbeat_status(current: str, *, error_rate: float | None, runtime_state: s
 
 @router.post("/register")
 async def register(request: Request, db: DbDep, token: BearerDep) -> OrjsonResponse:
-    """Attach an agent: ``status=online``, ``last_heartbeat_at=now`` (PROTOCOL.md §3.1).
+    """Attach an agent: ``status=online``, ``last_heartbeat_at=now`` (docs/protocol.md §3.1).
 
     A workspace created without a token is bootstrapped: its first register needs no bearer and the answer
     carries a fresh ``auth_token`` (once). A removed workspace is not resurrected.

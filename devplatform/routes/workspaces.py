@@ -1,4 +1,4 @@
-"""``/workspaces/{id}``: status, the inbox, A2A delivery and canvas notify (PROTOCOL.md §3.3–3.6).
+"""``/workspaces/{id}``: status, the inbox, A2A delivery and canvas notify (docs/protocol.md §3.3–3.6).
 
 Every route here is behind the tenant rule (:func:`devplatform.deps.require_tenant_headers`). A2A requests to
 a poll workspace are never forwarded: they become ``a2a_receive`` rows in the target's inbox, deduplicated on
@@ -42,7 +42,7 @@ MAX_SINCE_SECS = 30 * 24 * 3600
 
 
 class ActivityReport(BaseModel):
-    """Body of ``POST /workspaces/{id}/activity`` (PROTOCOL.md §3.6)."""
+    """Body of ``POST /workspaces/{id}/activity`` (docs/protocol.md §3.6)."""
 
     model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
@@ -65,7 +65,7 @@ class ActivityReport(BaseModel):
 
 
 class NotifyRequest(BaseModel):
-    """Body of ``POST /workspaces/{id}/notify`` (PROTOCOL.md §3.5)."""
+    """Body of ``POST /workspaces/{id}/notify`` (docs/protocol.md §3.5)."""
 
     model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
@@ -94,7 +94,7 @@ def inbox_query(
     since_secs: str | None,
     since_id: str | None,
 ) -> InboxQuery:
-    """Validate the inbox parameters, in the platform's order (PROTOCOL.md §3.3).
+    """Validate the inbox parameters, in the platform's order (docs/protocol.md §3.3).
 
     Empty values count as absent.
 
@@ -144,7 +144,7 @@ async def get_workspace(workspace: ReadableWorkspaceDep) -> OrjsonResponse:
         ``200 {"id","name","status","delivery_mode","last_heartbeat_at",...}``.
 
     Raises:
-        ApiError: ``410 {"id","removed_at","hint"}`` once removed (PROTOCOL.md §3.6); ``401``/``403``.
+        ApiError: ``410 {"id","removed_at","hint"}`` once removed (docs/protocol.md §3.6); ``401``/``403``.
     """
     if workspace.removed:
         raise ApiError(
@@ -168,12 +168,12 @@ async def list_activity(
     since_secs: str | None = None,
     since_id: str | None = None,
 ) -> OrjsonResponse:
-    """The inbox (PROTOCOL.md §3.3): with ``since_id`` rows after the cursor oldest first, else newest first.
+    """The inbox (docs/protocol.md §3.3): with ``since_id`` rows after the cursor oldest first, else newest first.
 
     Readable by the workspace's own bearer or the admin token.
 
     Returns:
-        ``200`` with a JSON array of rows (PROTOCOL.md §4), ``[]`` when empty.
+        ``200`` with a JSON array of rows (docs/protocol.md §4), ``[]`` when empty.
 
     Raises:
         ApiError: See :func:`inbox_query`; ``401``/``403``; ``404`` once removed.
@@ -194,7 +194,7 @@ async def list_activity(
 
 @router.post("/{workspace_id}/activity")
 async def report_activity(workspace: OwnWorkspaceDep, request: Request, db: DbDep) -> OrjsonResponse:
-    """Self-report an activity row (PROTOCOL.md §3.6).
+    """Self-report an activity row (docs/protocol.md §3.6).
 
     Returns:
         ``200 {"status":"ok","id": <row id>}``.
@@ -225,7 +225,7 @@ async def report_activity(workspace: OwnWorkspaceDep, request: Request, db: DbDe
 async def send_a2a(
     workspace_id: str, request: Request, sender: SenderDep, db: DbDep, settings: SettingsDep
 ) -> OrjsonResponse:
-    """Deliver an A2A request to a poll workspace by queueing it in its inbox (PROTOCOL.md §3.4, §5).
+    """Deliver an A2A request to a poll workspace by queueing it in its inbox (docs/protocol.md §3.4, §5).
 
     Order: sender auth → target → body size → JSON → normalize → store. A canvas message (admin token) without
     ``contextId`` gets ``canvas-<target id>``. A ``messageId`` already in the target's inbox stores nothing
@@ -277,7 +277,7 @@ async def send_a2a(
 
 @router.post("/{workspace_id}/notify")
 async def notify(workspace: OwnWorkspaceDep, request: Request, db: DbDep) -> OrjsonResponse:
-    """Reply to the human on the canvas (PROTOCOL.md §3.5).
+    """Reply to the human on the canvas (docs/protocol.md §3.5).
 
     Side effect: an ``a2a_receive`` row with ``method: "notify"``, ``source_id: null`` and
     ``response_body: {"result": text}`` in the workspace's own inbox, which connectors must skip.

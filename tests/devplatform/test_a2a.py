@@ -1,4 +1,4 @@
-"""POST /workspaces/{id}/a2a and /notify: normalize, queue, dedupe, echo (PROTOCOL.md §3.4–3.5, §5)."""
+"""POST /workspaces/{id}/a2a and /notify: normalize, queue, dedupe, echo (docs/protocol.md §3.4–3.5, §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Admin API: workspaces, prune (→ cursor 410), faults (DESIGN.md §5)."""
+"""Admin API: workspaces, prune (→ cursor 410), faults (docs/architecture.md §5)."""
 
 from __future__ import annotations
 

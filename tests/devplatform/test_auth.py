@@ -1,4 +1,4 @@
-"""Bearer auth, workspace status, the tenant rule and the rate limit (PROTOCOL.md §2, §3.6)."""
+"""Bearer auth, workspace status, the tenant rule and the rate limit (docs/protocol.md §2, §3.6)."""
 
 from __future__ import annotations
 

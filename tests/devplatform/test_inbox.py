@@ -1,4 +1,4 @@
-"""GET/POST /workspaces/{id}/activity: the inbox (PROTOCOL.md §3.3, §3.6, §4)."""
+"""GET/POST /workspaces/{id}/activity: the inbox (docs/protocol.md §3.3, §3.6, §4)."""
 
 from __future__ import annotations
 

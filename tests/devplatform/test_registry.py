@@ -1,4 +1,4 @@
-"""register, heartbeat and the stale sweep (PROTOCOL.md §3.1–3.2, §1.6)."""
+"""register, heartbeat and the stale sweep (docs/protocol.md §3.1–3.2, §1.6)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Each test meets one failure the way a user would, on the session's real Temporal dev server and a real devplatform
 (faults from ``POST /admin/faults``; rows the platform's own routes refuse, from ``POST /admin/workspaces/{id}/rows``),
-and checks what PROTOCOL.md §8 promises: one failing message never stops the others, nothing is lost, nothing is
+and checks what docs/protocol.md §8 promises: one failing message never stops the others, nothing is lost, nothing is
 answered twice, no secret is stored. The crash between a stored notify and its answer is in
 ``test_bad_days_crash.py``; dead letters by the hundred in ``test_dead_letters.py``.
 """

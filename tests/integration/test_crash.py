@@ -1,6 +1,6 @@
 """Crash and resume: a worker process killed mid-dispatch loses nothing, and the reply is still sent once.
 
-PROTOCOL.md §8: a message may reach the backend more than once only when the connector died mid-dispatch; the
+docs/protocol.md §8: a message may reach the backend more than once only when the connector died mid-dispatch; the
 reply's messageId is derived from the message's, so the platform records it once.
 """
 

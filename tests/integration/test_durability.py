@@ -1,4 +1,4 @@
-"""End to end, durability: ConnectWorkflow keeps its promise (every message answered exactly once, PROTOCOL.md §8)
+"""End to end, durability: ConnectWorkflow keeps its promise (every message answered exactly once, docs/protocol.md §8)
 through a Temporal server SIGKILL and restart, continue-as-new forced every few dozen events, and a small soak with
 platform faults, a pruned inbox and a worker SIGKILL.
 

@@ -343,7 +343,7 @@ async def test_large_dead_letters_never_block_continue_as_new(harness: Harness) 
 
 
 async def test_auto_reply_deeper_than_limit_settled_without_dispatch(harness: Harness) -> None:
-    """A message marked as an automatic reply deeper than ``max_auto_reply_depth`` is skipped (PROTOCOL.md §7),
+    """A message marked as an automatic reply deeper than ``max_auto_reply_depth`` is skipped (docs/protocol.md §7),
     while an ordinary message after it is answered."""
     agent, peer = await harness.workspace("agent"), await harness.workspace("peer")
     async with harness.worker():

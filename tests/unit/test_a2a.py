@@ -1,4 +1,4 @@
-"""The A2A normalizer (PROTOCOL.md §5 table), inbound parsing, and the reply shape we send to peers."""
+"""The A2A normalizer (docs/protocol.md §5 table), inbound parsing, and the reply shape we send to peers."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def is_uuid(value: object) -> bool:
     return True
 
 
-# --- normalize_request: one test per row of the PROTOCOL.md §5 table ----------------------------------------
+# --- normalize_request: one test per row of the docs/protocol.md §5 table ----------------------------------------
 
 
 def test_normalize_request_without_jsonrpc_is_rewrapped_with_uuid_id() -> None:
@@ -247,7 +247,7 @@ def test_parse_inbound_message_id_without_message_is_deterministic() -> None:
 
 
 def test_parse_inbound_legacy_type_parts_are_read_as_kind() -> None:
-    """PROTOCOL.md §9.2: reading only ``type`` (or only ``kind``) loses text."""
+    """docs/protocol.md §9.2: reading only ``type`` (or only ``kind``) loses text."""
     parsed = parse_inbound(envelope({"messageId": "m1", "parts": [{"type": "text", "text": "legacy"}]}))
     assert parsed.text == "legacy"
 

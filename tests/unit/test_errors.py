@@ -1,4 +1,4 @@
-"""classify_response: HTTP status to the PROTOCOL.md §2 error classes."""
+"""classify_response: HTTP status to the docs/protocol.md §2 error classes."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def test_row_to_polled_non_uuid_id_is_skipped_not_a_cursor() -> None:
     assert not polled.pointer.usable
 
 
-# --- row_to_polled: skip rules (PROTOCOL.md §4) -------------------------------------------------------------
+# --- row_to_polled: skip rules (docs/protocol.md §4) -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

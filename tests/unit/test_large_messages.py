@@ -40,7 +40,7 @@ BIG = "b" * (BODY_REF_BYTES + 1)
 
 
 class FakeInbox:
-    """The inbox of PROTOCOL.md §3.3: ``since_id`` → rows after it oldest first (410 when unknown), no ``since_id`` →
+    """The inbox of docs/protocol.md §3.3: ``since_id`` → rows after it oldest first (410 when unknown), none →
     newest first; ``limit`` honoured. ``script`` holds one-shot answers served first."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""The startup capability probe (PROTOCOL.md §3.3) against the devplatform over loopback, and a MockTransport for
+"""The startup capability probe (docs/protocol.md §3.3) against the devplatform over loopback, and a MockTransport for
 the answers a current platform never gives (``200`` from a platform without ``since_id``, ``503``)."""
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ def tokens_for(workspace_id: str | None) -> TokenStore:
 
 
 def probe(input: ConnectInput, tokens: TokenStore) -> None:
-    """Refuse, before anything starts, a platform that cannot serve this connector (PROTOCOL.md §3.3)."""
+    """Refuse, before anything starts, a platform that cannot serve this connector (docs/protocol.md §3.3)."""
     org_id = os.environ.get("MOLECULE_ORG_ID") or None
     token = tokens.token_for(input.workspace_id)
     try:

@@ -2,7 +2,7 @@
 
 A command run by ``exec`` or ``claude-code`` answers messages from other workspaces, so it must not see what the
 worker holds: the codec keys, the Temporal API key and TLS key paths, workspace tokens, cloud credentials meant
-for the worker. Its environment is therefore built from names, not inherited (DESIGN.md §3):
+for the worker. Its environment is therefore built from names, not inherited (docs/architecture.md §3):
 
 - :data:`BASE_VARIABLES`, which every program expects: ``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``SHELL``, the
   locale (``LANG``, ``LANGUAGE``, ``LC_*``), ``TZ`` and ``TMPDIR``; each copied from the worker when set there;

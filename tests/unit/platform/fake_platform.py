@@ -72,7 +72,7 @@ def at(n: int) -> datetime:
 
 
 def inbox_row(n: int, *, text: str | None = None, source: str | None = PEER, **overrides: Any) -> dict[str, Any]:
-    """An ``a2a_receive`` row as the platform stores it (PROTOCOL.md §4)."""
+    """An ``a2a_receive`` row as the platform stores it (docs/protocol.md §4)."""
     row: dict[str, Any] = {
         "id": row_id(n),
         "workspace_id": WS,

@@ -111,7 +111,7 @@ async def test_poll_cold_start_latest_empty_inbox_seeds_none(platform: FakePlatf
 
 
 async def test_poll_cold_start_backlog_delivers_oldest_first(platform: FakePlatform, env: ActivityEnvironment) -> None:
-    """PROTOCOL.md §9.4: a DESC batch must be reversed before dispatch."""
+    """docs/protocol.md §9.4: a DESC batch must be reversed before dispatch."""
     platform.then(rows_answer(inbox_row(3), inbox_row(2), inbox_row(1)))
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, start_from="backlog", backlog_limit=3))
     assert params_of(platform.requests[0]) == {"type": "a2a_receive", "limit": "3"}
@@ -180,7 +180,7 @@ async def test_poll_cursor_410_on_empty_inbox_still_reports_reset(
 
 
 async def test_poll_non_uuid_cursor_resets_without_sending_it(platform: FakePlatform, env: ActivityEnvironment) -> None:
-    """A non-UUID since_id gets a 500 on every poll (PROTOCOL.md §3.3), so it is never sent."""
+    """A non-UUID since_id gets a 500 on every poll (docs/protocol.md §3.3), so it is never sent."""
     platform.then(rows_answer(inbox_row(3), inbox_row(2), inbox_row(1)))
     cursor = RowPointer(row_id="row-42", created_at=at(2))
     result = await env.run(platform.acts.poll, PollInput(target=TARGET, cursor=cursor))

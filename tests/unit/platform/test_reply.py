@@ -75,7 +75,7 @@ async def test_reply_to_peer_posts_new_message_send(platform: FakePlatform, env:
 
 
 async def test_reply_to_peer_retry_sends_same_message_id(platform: FakePlatform, env: ActivityEnvironment) -> None:
-    """A retried reply is byte-identical, so the platform stores it once (PROTOCOL.md §3.4)."""
+    """A retried reply is byte-identical, so the platform stores it once (docs/protocol.md §3.4)."""
     reply = ReplyInput(target=TARGET, row=peer_row(), parts=[TextPart(text="pong")])
     first = await env.run(platform.acts.reply, reply)
     second = await env.run(platform.acts.reply, reply)
@@ -145,7 +145,7 @@ async def test_reply_to_canvas_file_parts_become_attachments(platform: FakePlatf
 
 
 async def test_reply_to_canvas_without_text_sends_placeholder(platform: FakePlatform, env: ActivityEnvironment) -> None:
-    """The platform answers 400 "message is required" to an empty message (PROTOCOL.md §3.5)."""
+    """The platform answers 400 "message is required" to an empty message (docs/protocol.md §3.5)."""
     await env.run(
         platform.acts.reply,
         ReplyInput(target=TARGET, row=peer_row(source=None), parts=[DataPart(data={"k": 1})]),
