@@ -155,9 +155,7 @@ def normalize_request(body: Any) -> dict[str, Any]:
         message["role"] = "user"
     if "parts" not in message or message["parts"] is None:
         if "content" not in message:
-            raise MalformedMessageError(
-                "params.message must contain either 'parts' (v0.3) or 'content' (v0.2 compat)"
-            )
+            raise MalformedMessageError("params.message must contain either 'parts' (v0.3) or 'content' (v0.2 compat)")
         content = message.pop("content")
         if isinstance(content, str):
             message["parts"] = [{"kind": "text", "text": content}]

@@ -48,9 +48,7 @@ class CreatedWorkspace:
     token: str | None = field(repr=False)
 
 
-def text_message(
-    text: str, *, context_id: str | None = None, message_id: str | None = None
-) -> dict[str, Any]:
+def text_message(text: str, *, context_id: str | None = None, message_id: str | None = None) -> dict[str, Any]:
     """A canonical ``message/send`` request with one text part (docs/protocol.md §5).
 
     Args:
@@ -111,9 +109,7 @@ class Call(Generic[T]):
                 body: Any = orjson.loads(response.content) if response.content else None
             except orjson.JSONDecodeError:
                 body = response.text[:200]
-            raise PlatformRequestError(
-                self.operation, response.status_code, body, response.headers.get("retry-after")
-            )
+            raise PlatformRequestError(self.operation, response.status_code, body, response.headers.get("retry-after"))
         return self.parse(orjson.loads(response.content))
 
 
@@ -194,9 +190,7 @@ class CallBuilder:
         """``POST /admin/workspaces/{id}/rows``."""
         return Call("POST", f"/admin/workspaces/{workspace_id}/rows", self._admin, lambda j: str(j["id"]), json=row)
 
-    def prune(
-        self, workspace_id: str | None, before_row_id: str | None, older_than_s: float | None
-    ) -> Call[int]:
+    def prune(self, workspace_id: str | None, before_row_id: str | None, older_than_s: float | None) -> Call[int]:
         """``POST /admin/prune``."""
         body = {"workspace_id": workspace_id, "before_row_id": before_row_id, "older_than_s": older_than_s}
         return Call(

@@ -345,9 +345,7 @@ class AsyncPlatformAdmin:
         since_secs: int | None = None,
     ) -> list[dict[str, Any]]:
         """See :meth:`PlatformAdmin.inbox`."""
-        return await self._run(
-            self._calls.inbox(workspace_id, token, since_id, limit, type, source, since_secs)
-        )
+        return await self._run(self._calls.inbox(workspace_id, token, since_id, limit, type, source, since_secs))
 
     async def liveness(self, workspace_id: str) -> list[dict[str, Any]]:
         """See :meth:`PlatformAdmin.liveness`."""

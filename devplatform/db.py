@@ -230,9 +230,7 @@ class Database:
             Whether the workspace exists.
         """
         with self._transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE workspaces SET token_hash = ? WHERE id = ?", (token_hash, workspace_id)
-            )
+            cursor = conn.execute("UPDATE workspaces SET token_hash = ? WHERE id = ?", (token_hash, workspace_id))
         return cursor.rowcount == 1
 
     def remove_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
@@ -474,9 +472,7 @@ class Database:
     def find_row(self, row_id: str) -> ActivityRow | None:
         """The row with this id in any workspace, or ``None`` (admin use only)."""
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_ROW_COLUMNS} FROM activity_rows WHERE id = ?", (row_id,)
-            ).fetchone()
+            row = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM activity_rows WHERE id = ?", (row_id,)).fetchone()
         return None if row is None else _row_from(row)
 
     def list_rows(self, workspace_id: str, query: InboxQuery) -> list[ActivityRow]:
@@ -511,9 +507,7 @@ class Database:
         else:
             order = "created_at DESC, seq DESC"
         params.append(query.limit)
-        sql = (
-            f"SELECT {_ROW_COLUMNS} FROM activity_rows WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT ?"
-        )
+        sql = f"SELECT {_ROW_COLUMNS} FROM activity_rows WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT ?"
         with self._lock:
             rows = self._conn.execute(sql, params).fetchall()
         return [_row_from(row) for row in rows]

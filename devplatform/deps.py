@@ -133,9 +133,7 @@ async def own_workspace(workspace_id: str, token: BearerDep, db: DbDep) -> Works
 OwnWorkspaceDep = Annotated[WorkspaceRecord, Depends(own_workspace)]
 
 
-async def readable_workspace(
-    workspace_id: str, token: BearerDep, db: DbDep, settings: SettingsDep
-) -> WorkspaceRecord:
+async def readable_workspace(workspace_id: str, token: BearerDep, db: DbDep, settings: SettingsDep) -> WorkspaceRecord:
     """The path's workspace, read by its own bearer or by the admin token; removed workspaces included.
 
     Raises:

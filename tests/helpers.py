@@ -30,7 +30,10 @@ def new_task_queue() -> str:
 
 
 async def wait_until(
-    predicate: Callable[[], Awaitable[Any]] | Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1,
+    predicate: Callable[[], Awaitable[Any]] | Callable[[], Any],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
     message: str = "condition",
 ) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
@@ -89,11 +92,16 @@ class Harness:
         )
 
     async def start(
-        self, workspace: CreatedWorkspace, backend: BackendSpec | None = None, *, wait_seeded: bool = True,
+        self,
+        workspace: CreatedWorkspace,
+        backend: BackendSpec | None = None,
+        *,
+        wait_seeded: bool = True,
         **settings: Any,
     ) -> WorkflowHandle[Any, Any]:
-        handle = await start_connector(self.client, self.input(workspace, backend, **settings),
-                                       task_queue=self.task_queue)
+        handle = await start_connector(
+            self.client, self.input(workspace, backend, **settings), task_queue=self.task_queue
+        )
         if wait_seeded:
             await wait_until(lambda: self._seeded(workspace.id), timeout=30, message="cold start")
         return handle

@@ -116,6 +116,7 @@ async def _demo(address: str, ui_url: str | None) -> None:
                                 )
                         elif not row.get("source_id") and reply.get("method") == "notify":
                             print(f"agent  → canvas: {reply['response_body']['result']}  (via /notify)")
+
                 async def echo_skipped() -> StatusResult | None:
                     # Our /notify reply lands in our own inbox as a `notify` row: it must be skipped, not dispatched.
                     status = await connector_status(client, agent.id)

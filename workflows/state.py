@@ -316,8 +316,7 @@ class ConnectState(StateModel):
         Full at ``DEAD_LETTER_LIMIT`` letters or ``DEAD_LETTER_JSON_BUDGET`` bytes, whichever comes first.
         """
         return (
-            len(self.dead_letters) >= DEAD_LETTER_LIMIT
-            or sum(self._letter_bytes.values()) >= DEAD_LETTER_JSON_BUDGET
+            len(self.dead_letters) >= DEAD_LETTER_LIMIT or sum(self._letter_bytes.values()) >= DEAD_LETTER_JSON_BUDGET
         )
 
     def dead_letter(self, letter: DeadLetter) -> None:

@@ -31,9 +31,7 @@ class EchoOptions(BackendOptions):
     def _only_known_placeholders(cls, template: str) -> str:
         """Reject templates that could fail on a message, so a mistake is found when the worker starts."""
         try:
-            fields = [
-                (name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None
-            ]
+            fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
         except ValueError as err:
             raise ValueError(f"malformed template: {err}") from None
         known = ", ".join(f"{{{name}}}" for name in PLACEHOLDERS)

@@ -193,9 +193,7 @@ class ExecBackend:
         _check_program(self._argv[0], cwd)
         operators = sorted(_SHELL_OPERATORS.intersection(self._argv[1:]))
         if operators:
-            logger.warning(
-                "exec: cmd contains %s but runs without a shell; %s", " ".join(operators), _SHELL_HINT
-            )
+            logger.warning("exec: cmd contains %s but runs without a shell; %s", " ".join(operators), _SHELL_HINT)
 
     async def handle(self, request: BackendRequest) -> BackendResponse:
         """Run the command on one message.

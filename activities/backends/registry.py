@@ -96,13 +96,10 @@ def create_backend(name: str, options: Mapping[str, str]) -> Backend:
         raise
     except Exception as err:
         # A plugin may validate with its own exceptions; for the worker any failure here means "cannot run".
-        raise BackendConfigError(
-            f"backend {name!r} ({entry_point.value}): {type(err).__name__}: {err}"
-        ) from err
+        raise BackendConfigError(f"backend {name!r} ({entry_point.value}): {type(err).__name__}: {err}") from err
     if not (callable(getattr(backend, "handle", None)) and callable(getattr(backend, "close", None))):
         raise BackendConfigError(
-            f"backend {name!r} ({entry_point.value}) made a {type(backend).__name__}, "
-            "which lacks handle()/close()"
+            f"backend {name!r} ({entry_point.value}) made a {type(backend).__name__}, which lacks handle()/close()"
         )
     return backend
 
@@ -159,9 +156,7 @@ def _load(entry_point: metadata.EntryPoint) -> BackendFactory:
             f"backend {entry_point.name!r}: cannot load {entry_point.value}: {type(err).__name__}: {err}"
         ) from err
     if not callable(target):
-        raise BackendConfigError(
-            f"backend {entry_point.name!r}: {entry_point.value} is not a factory or class"
-        )
+        raise BackendConfigError(f"backend {entry_point.name!r}: {entry_point.value} is not a factory or class")
     factory: BackendFactory = target
     return factory
 

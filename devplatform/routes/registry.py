@@ -107,9 +107,7 @@ async def register(request: Request, db: DbDep, token: BearerDep) -> OrjsonRespo
         record = authenticate_workspace(db, token, body.id)
     if record.removed:
         raise workspace_gone(record)
-    delivery_mode = (
-        body.delivery_mode or record.delivery_mode or ("poll" if record.runtime == "external" else "push")
-    )
+    delivery_mode = body.delivery_mode or record.delivery_mode or ("poll" if record.runtime == "external" else "push")
     if delivery_mode == "push" and not body.url:
         raise ApiError(400, "url is required for delivery_mode 'push'")
     db.register(

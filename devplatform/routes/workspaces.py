@@ -243,9 +243,7 @@ async def send_a2a(
     if target is None:
         raise ApiError(404, "workspace not found")
     if target.removed:
-        raise ApiError(
-            410, body={"error": "workspace removed", "id": target.id, "removed_at": target.removed_at}
-        )
+        raise ApiError(410, body={"error": "workspace removed", "id": target.id, "removed_at": target.removed_at})
     decoded = decode_json(await read_body(request, settings.max_body_bytes), "invalid JSON")
     try:
         envelope = normalize_request(decoded)

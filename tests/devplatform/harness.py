@@ -59,9 +59,7 @@ class Harness:
         content = raw if raw is not None else orjson.dumps(body)
         return await self.http.post(f"/workspaces/{target_id}/a2a", content=content, headers=headers)
 
-    async def send_text(
-        self, target_id: str, text: str, *, sender: CreatedWorkspace | None = None, **kw: Any
-    ) -> str:
+    async def send_text(self, target_id: str, text: str, *, sender: CreatedWorkspace | None = None, **kw: Any) -> str:
         """Send a text message; returns its messageId."""
         body = text_message(text, **kw)
         response = await self.send(target_id, body, sender=sender)

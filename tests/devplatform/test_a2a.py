@@ -29,9 +29,7 @@ async def stored_body(h: Harness, ws) -> dict[str, Any]:
 
 async def test_a2a_poll_target_queued_row_stored(platform: Harness) -> None:
     ws, peer = await platform.workspace("target"), await platform.workspace("peer")
-    body = send_body(
-        {"role": "user", "messageId": "m-1", "contextId": "c-1", "parts": [{"kind": "text", "text": "x"}]}
-    )
+    body = send_body({"role": "user", "messageId": "m-1", "contextId": "c-1", "parts": [{"kind": "text", "text": "x"}]})
 
     response = await platform.send(ws.id, body, sender=peer)
 
@@ -104,9 +102,7 @@ async def test_a2a_neither_parts_nor_content_400(platform: Harness) -> None:
     ws, peer = await platform.workspace(), await platform.workspace()
     response = await platform.send(ws.id, send_body({"messageId": "m", "role": "user"}), sender=peer)
     assert response.status_code == 400
-    assert response.json() == {
-        "error": "params.message must contain either 'parts' (v0.3) or 'content' (v0.2 compat)"
-    }
+    assert response.json() == {"error": "params.message must contain either 'parts' (v0.3) or 'content' (v0.2 compat)"}
 
 
 async def test_a2a_type_keyed_parts_renamed_kind(platform: Harness) -> None:
@@ -123,9 +119,7 @@ async def test_a2a_type_keyed_parts_renamed_kind(platform: Harness) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "raw", [b"", b"   ", b"\n\t", b'{"jsonrpc": "2.0", "method": "mess', b"not json", b"[1, 2]"]
-)
+@pytest.mark.parametrize("raw", [b"", b"   ", b"\n\t", b'{"jsonrpc": "2.0", "method": "mess', b"not json", b"[1, 2]"])
 async def test_a2a_invalid_json_400(platform: Harness, raw: bytes) -> None:
     ws, peer = await platform.workspace(), await platform.workspace()
     response = await platform.send(ws.id, None, sender=peer, raw=raw)
@@ -163,9 +157,7 @@ async def test_a2a_same_message_id_other_target_stored(platform: Harness) -> Non
 
 async def test_a2a_canvas_via_admin_token_source_null_context_filled(platform: Harness) -> None:
     ws = await platform.workspace()
-    response = await platform.send(
-        ws.id, send_body({"messageId": "m", "parts": [{"kind": "text", "text": "hi"}]})
-    )
+    response = await platform.send(ws.id, send_body({"messageId": "m", "parts": [{"kind": "text", "text": "hi"}]}))
     assert response.json() == QUEUED
     (row,) = (await platform.poll(ws, source="canvas")).json()
     assert row["source_id"] is None

@@ -57,9 +57,9 @@ async def test_prune_older_than_keeps_recent(clocked: Harness, clock) -> None:
     clock.advance(3600)
     await clocked.send_text(ws.id, "new", sender=peer)
     assert await clocked.admin.prune(older_than_s=60) == 1
-    assert [
-        r["request_body"]["params"]["message"]["parts"][0]["text"] for r in await clocked.admin.rows(ws.id)
-    ] == ["new"]
+    assert [r["request_body"]["params"]["message"]["parts"][0]["text"] for r in await clocked.admin.rows(ws.id)] == [
+        "new"
+    ]
 
 
 async def test_prune_both_bounds_400(platform: Harness) -> None:
@@ -104,9 +104,7 @@ async def test_fault_method_and_regex_match(platform: Harness) -> None:
     ws = await platform.workspace()
     await platform.admin.add_fault(r"^/registry/heart", status=429, method="POST", retry_after=1)
     other_method = await platform.poll(ws)
-    beat = await platform.http.post(
-        "/registry/heartbeat", json={"workspace_id": ws.id}, headers=bearer(ws.token)
-    )
+    beat = await platform.http.post("/registry/heartbeat", json={"workspace_id": ws.id}, headers=bearer(ws.token))
     assert other_method.status_code == 200
     assert (beat.status_code, beat.headers["Retry-After"]) == (429, "1")
 
@@ -145,7 +143,5 @@ def _message(message_id: str) -> dict:
         "jsonrpc": "2.0",
         "id": "r",
         "method": "message/send",
-        "params": {
-            "message": {"role": "agent", "messageId": message_id, "parts": [{"kind": "text", "text": "x"}]}
-        },
+        "params": {"message": {"role": "agent", "messageId": message_id, "parts": [{"kind": "text", "text": "x"}]}},
     }

@@ -28,9 +28,7 @@ async def test_workspace_removed_410_then_own_calls_404(platform: Harness) -> No
 
     status = await platform.http.get(f"/workspaces/{ws.id}", headers=bearer(ws.token))
     inbox = await platform.poll(ws)
-    notify = await platform.http.post(
-        f"/workspaces/{ws.id}/notify", json={"message": "x"}, headers=bearer(ws.token)
-    )
+    notify = await platform.http.post(f"/workspaces/{ws.id}/notify", json={"message": "x"}, headers=bearer(ws.token))
 
     assert status.status_code == 410
     assert status.json()["id"] == ws.id
@@ -111,18 +109,14 @@ async def test_tenant_rule_no_headers_404_empty_body(make_platform) -> None:
 async def test_tenant_rule_registry_not_affected(make_platform) -> None:
     async with make_platform(require_tenant_headers=True) as h:
         ws = await h.workspace()
-        response = await h.http.post(
-            "/registry/heartbeat", json={"workspace_id": ws.id}, headers=bearer(ws.token)
-        )
+        response = await h.http.post("/registry/heartbeat", json={"workspace_id": ws.id}, headers=bearer(ws.token))
         assert response.status_code == 200
 
 
 async def test_tenant_rule_public_url_origin_must_match(make_platform) -> None:
     async with make_platform(require_tenant_headers=True, public_url="https://acme.molecule.test/") as h:
         ws = await h.workspace()
-        wrong = await h.http.get(
-            f"/workspaces/{ws.id}", headers={**bearer(ws.token), "Origin": "https://evil.test"}
-        )
+        wrong = await h.http.get(f"/workspaces/{ws.id}", headers={**bearer(ws.token), "Origin": "https://evil.test"})
         right = await h.http.get(
             f"/workspaces/{ws.id}", headers={**bearer(ws.token), "Origin": "https://acme.molecule.test"}
         )
@@ -149,10 +143,7 @@ async def test_rate_limit_exceeded_429_with_retry_after(make_platform) -> None:
 async def test_rate_limit_zero_disables(make_platform) -> None:
     async with make_platform(rate_limit_per_min=0) as h:
         ws = await h.workspace()
-        codes = {
-            (await h.http.get(f"/workspaces/{ws.id}", headers=bearer(ws.token))).status_code
-            for _ in range(30)
-        }
+        codes = {(await h.http.get(f"/workspaces/{ws.id}", headers=bearer(ws.token))).status_code for _ in range(30)}
         assert codes == {200}
 
 

@@ -172,9 +172,7 @@ async def test_inbox_type_filter_exact(platform: Harness) -> None:
     assert logged.status_code == 200
     types = [row["activity_type"] for row in (await platform.poll(ws)).json()]
     assert types == ["agent_log", "a2a_receive"]
-    assert [r["activity_type"] for r in (await platform.poll(ws, type="a2a_receive")).json()] == [
-        "a2a_receive"
-    ]
+    assert [r["activity_type"] for r in (await platform.poll(ws, type="a2a_receive")).json()] == ["a2a_receive"]
     assert (await platform.poll(ws, type="nonsense")).json() == []
 
 

@@ -20,9 +20,7 @@ async def register(h: Harness, workspace_id: str, token: str | None, **body: obj
 
 
 async def beat(h: Harness, workspace_id: str, token: str | None, **body: object):
-    return await h.http.post(
-        "/registry/heartbeat", json={"workspace_id": workspace_id, **body}, headers=bearer(token)
-    )
+    return await h.http.post("/registry/heartbeat", json={"workspace_id": workspace_id, **body}, headers=bearer(token))
 
 
 async def test_register_poll_workspace_goes_online(platform: Harness) -> None:
@@ -135,9 +133,7 @@ async def test_heartbeat_error_rate_degrades_and_recovers(platform: Harness) -> 
 
 async def test_heartbeat_missing_workspace_id_400(platform: Harness) -> None:
     ws = await platform.workspace()
-    response = await platform.http.post(
-        "/registry/heartbeat", json={"error_rate": 0}, headers=bearer(ws.token)
-    )
+    response = await platform.http.post("/registry/heartbeat", json={"error_rate": 0}, headers=bearer(ws.token))
     assert response.status_code == 400
     assert response.json() == {"error": "invalid request body"}
 

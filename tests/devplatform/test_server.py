@@ -28,9 +28,7 @@ def test_running_platform_loopback_full_round_trip(tmp_path: Path) -> None:
             assert admin.send_text(ws.id, "ping", sender=peer)["status"] == "queued"
             (row,) = http.get(f"/workspaces/{ws.id}/activity", params={"type": "a2a_receive"}).json()
             assert row["source_id"] == peer.id
-            assert http.post(f"/workspaces/{ws.id}/notify", json={"message": "pong"}).json() == {
-                "status": "sent"
-            }
+            assert http.post(f"/workspaces/{ws.id}/notify", json={"message": "pong"}).json() == {"status": "sent"}
         assert [r["method"] for r in admin.inbox(ws.id, ws.token, since_id=row["id"])] == ["notify"]
         assert admin.workspace(ws.id)["status"] == "online"
         port = platform.port

@@ -145,7 +145,7 @@ async def test_server_info_start_stop_and_env_for_the_temporal_cli(embedded_env:
     # What a user pastes: the temporal CLI then talks to the embedded server.
     script = (
         'eval "$(molecule-connect server info --env)" && '
-        'temporal workflow list --query \'WorkflowType = "ConnectWorkflow"\' --output json && '
+        "temporal workflow list --query 'WorkflowType = \"ConnectWorkflow\"' --output json && "
         'echo "address=$TEMPORAL_ADDRESS namespace=$TEMPORAL_NAMESPACE"'
     )
     path = f"{find_temporal_binary().parent}{os.pathsep}{embedded_env['PATH']}"

@@ -276,17 +276,19 @@ async def test_start_and_run_reuse_same_definition_configure_settings_and_refuse
             cli(run_env, "run", ws, "--platform-url", url, "--no-probe", "-b", "exec", "-o", "cmd=rev"),
             cli(run_env, "run", ws, "--platform-url", url, "--no-probe", "--task-queue", "elsewhere"),
         )
-        for n, (refused, difference) in enumerate(zip(
-            refusals,
-            [
-                "backend echo → exec(cmd='rev')",
-                f"task_queue {queue} → elsewhere",
-                f"platform_url {url} → http://127.0.0.1:9",
-                "backend echo → exec(cmd='rev')",
-                f"task_queue {queue} → elsewhere",
-            ],
-            strict=True,
-        )):
+        for n, (refused, difference) in enumerate(
+            zip(
+                refusals,
+                [
+                    "backend echo → exec(cmd='rev')",
+                    f"task_queue {queue} → elsewhere",
+                    f"platform_url {url} → http://127.0.0.1:9",
+                    "backend echo → exec(cmd='rev')",
+                    f"task_queue {queue} → elsewhere",
+                ],
+                strict=True,
+            )
+        ):
             head = f"{workflow_id(ws)} already runs with another definition"
             line = assert_one_line(refused, 2, head, difference, logs=n >= 3)
             assert f"`molecule-connect drain {ws}`" in line and "--replace" in line

@@ -43,9 +43,7 @@ async def test_replay_of_a_workflow_that_does_not_exist_is_one_line(cli_env: dic
     assert_one_line(run, 2, "connect-no-such-workspace", "not found")
 
 
-async def test_worker_metrics_port_taken_is_one_line(
-    cli_env: dict[str, str], taken_port: int, tmp_path: Path
-) -> None:
+async def test_worker_metrics_port_taken_is_one_line(cli_env: dict[str, str], taken_port: int, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.json"
     tokens.write_text('{"ws-1": "tok"}')
     tokens.chmod(0o600)

@@ -13,7 +13,7 @@ from tests.integration.test_cli_connectors import assert_one_line, cli
 
 cli_env = test_cli_connectors.cli_env
 
-AGENT = "sh -c 'read t; if [ \"$t\" = fail ]; then echo boom >&2; exit 3; fi; echo \"ok $t\"'"
+AGENT = 'sh -c \'read t; if [ "$t" = fail ]; then echo boom >&2; exit 3; fi; echo "ok $t"\''
 
 
 async def test_dispatch_rerun_reproduces_the_failure_and_tries_a_fix(

@@ -33,7 +33,7 @@ from workflows.messages import ConnectInput, ConnectSettings
 cli_env = test_cli_connectors.cli_env
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-FAILING = "sh -c 'read t; case \"$t\" in bad*) echo cannot >&2; exit 3;; esac; echo \"$t\"'"
+FAILING = 'sh -c \'read t; case "$t" in bad*) echo cannot >&2; exit 3;; esac; echo "$t"\''
 """Fails on messages starting with "bad"; a good one in between keeps the backend from counting as down."""
 
 ORDER = (
@@ -67,9 +67,11 @@ def readme_examples() -> list[str]:
 
 
 def order(command: str) -> int:
-    return next(i for i, fragment in enumerate(ORDER) if fragment in command) if any(
-        fragment in command for fragment in ORDER
-    ) else len(ORDER)
+    return (
+        next(i for i, fragment in enumerate(ORDER) if fragment in command)
+        if any(fragment in command for fragment in ORDER)
+        else len(ORDER)
+    )
 
 
 def test_readme_examples_are_found() -> None:

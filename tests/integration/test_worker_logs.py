@@ -19,7 +19,7 @@ from tests.integration.test_cli_connectors import CLI, RunProcess
 cli_env = test_cli_connectors.cli_env
 
 # Fails on the text "fail", answers anything else.
-AGENT = "read t; if [ \"$t\" = fail ]; then echo boom >&2; exit 3; fi; echo \"ok $t\""
+AGENT = 'read t; if [ "$t" = fail ]; then echo boom >&2; exit 3; fi; echo "ok $t"'
 
 
 def free_port() -> int:

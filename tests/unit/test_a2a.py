@@ -131,9 +131,7 @@ def test_normalize_request_type_key_is_renamed_to_kind() -> None:
 
 def test_normalize_request_kind_wins_over_type() -> None:
     """A part carrying both keys keeps its kind; type is left alone."""
-    out = normalize_request(
-        envelope({"messageId": "m1", "parts": [{"kind": "text", "type": "x", "text": "hi"}]})
-    )
+    out = normalize_request(envelope({"messageId": "m1", "parts": [{"kind": "text", "type": "x", "text": "hi"}]}))
     assert out["params"]["message"]["parts"][0]["kind"] == "text"
 
 
@@ -310,9 +308,7 @@ def test_parse_inbound_file_part_with_uri() -> None:
     parsed = parse_inbound(envelope({"messageId": "m1", "parts": [part]}))
     (file_part,) = parsed.message.parts
     assert isinstance(file_part, FilePart)
-    assert file_part.file == FileContent(
-        uri="workspace:report.pdf", mime_type="application/pdf", name="r.pdf"
-    )
+    assert file_part.file == FileContent(uri="workspace:report.pdf", mime_type="application/pdf", name="r.pdf")
     assert file_part.file.bytes is None
     assert parsed.text == ""
 
@@ -328,9 +324,7 @@ def test_parse_inbound_file_part_with_bytes_and_legacy_mime_type() -> None:
 
 
 def test_parse_inbound_data_part() -> None:
-    parsed = parse_inbound(
-        envelope({"messageId": "m1", "parts": [{"kind": "data", "data": {"k": "v", "n": [1]}}]})
-    )
+    parsed = parse_inbound(envelope({"messageId": "m1", "parts": [{"kind": "data", "data": {"k": "v", "n": [1]}}]}))
     (data_part,) = parsed.message.parts
     assert isinstance(data_part, DataPart)
     assert data_part.data == {"k": "v", "n": [1]}
@@ -355,9 +349,7 @@ def test_parse_inbound_task_id_and_metadata_are_kept() -> None:
 
 
 def test_parse_inbound_unknown_role_becomes_user() -> None:
-    parsed = parse_inbound(
-        envelope({"messageId": "m1", "role": "assistant", "parts": [{"kind": "text", "text": "x"}]})
-    )
+    parsed = parse_inbound(envelope({"messageId": "m1", "role": "assistant", "parts": [{"kind": "text", "text": "x"}]}))
     assert parsed.message.role == "user"
 
 
@@ -422,9 +414,7 @@ def test_build_reply_request_parts_are_kind_camel_case_without_nulls() -> None:
         FilePart(file=FileContent(uri="workspace:x.png", mime_type="image/png")),
         DataPart(data={"k": "v"}),
     ]
-    request = build_reply_request(
-        message_id="r", request_id="q", parts=parts, in_reply_to=inbound(), row_id="row"
-    )
+    request = build_reply_request(message_id="r", request_id="q", parts=parts, in_reply_to=inbound(), row_id="row")
     assert request["params"]["message"]["parts"] == [
         {"kind": "text", "text": "a"},
         {"kind": "file", "file": {"uri": "workspace:x.png", "mimeType": "image/png"}},

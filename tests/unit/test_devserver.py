@@ -62,9 +62,7 @@ def server_pids(db_path: Path) -> list[int]:
 
 async def custom_search_attributes(server: EmbeddedServer) -> dict[str, int]:
     client = await Client.connect(server.address)
-    listed = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace="default")
-    )
+    listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace="default"))
     return dict(listed.custom_attributes)
 
 

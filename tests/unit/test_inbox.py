@@ -173,9 +173,7 @@ def test_row_to_polled_legacy_body_is_normalized() -> None:
         (None, 0),
     ],
 )
-def test_row_to_polled_auto_reply_depth_read_from_metadata(
-    metadata: dict[str, Any] | None, depth: int
-) -> None:
+def test_row_to_polled_auto_reply_depth_read_from_metadata(metadata: dict[str, Any] | None, depth: int) -> None:
     raw = inbox_row(1)
     if metadata is not None:
         raw["request_body"]["params"]["message"]["metadata"] = metadata

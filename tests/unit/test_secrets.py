@@ -200,9 +200,7 @@ def test_token_for_bad_toml_names_file_and_line(tmp_path: Path) -> None:
         ("tokens", '{"ws-1": "tok"}', "has no .json or .toml extension"),
     ],
 )
-def test_token_for_invalid_file_raises_token_error(
-    tmp_path: Path, name: str, text: str, expected: str
-) -> None:
+def test_token_for_invalid_file_raises_token_error(tmp_path: Path, name: str, text: str, expected: str) -> None:
     path = write_private(tmp_path / name, text)
     with pytest.raises(TokenError, match=re.escape(expected)) as info:
         store_for(path, default="tok-any").token_for("ws-1")

@@ -108,8 +108,13 @@ def test_dead_letters_are_never_evicted_and_full_is_reported() -> None:
     for n in range(DEAD_LETTER_LIMIT + 3):
         state.dead_letter(
             DeadLetter(
-                row=row(n), lane="ctx:c1", error="boom", stage="dispatch", attempts=5,
-                first_failed_at=T0, dead_lettered_at=T0,
+                row=row(n),
+                lane="ctx:c1",
+                error="boom",
+                stage="dispatch",
+                attempts=5,
+                first_failed_at=T0,
+                dead_lettered_at=T0,
             )
         )
     assert len(state.dead_letters) == DEAD_LETTER_LIMIT + 3 and state.dead_letters_full
@@ -129,8 +134,13 @@ def test_dead_letters_are_references_small_enough_for_ten_thousand() -> None:
     for n in range(10_000):
         state.dead_letter(
             DeadLetter(
-                row=row(n).model_copy(update={"text": "x" * 5000}), lane=f"ctx:c{n}", error=f"boom {n % 7}",
-                stage="dispatch", attempts=5, first_failed_at=T0, dead_lettered_at=T0,
+                row=row(n).model_copy(update={"text": "x" * 5000}),
+                lane=f"ctx:c{n}",
+                error=f"boom {n % 7}",
+                stage="dispatch",
+                attempts=5,
+                first_failed_at=T0,
+                dead_lettered_at=T0,
             )
         )
     packed = zlib.compress(state.model_dump_json().encode(), 6)
@@ -151,8 +161,13 @@ def _carried_bytes(state: ConnectState) -> int:
 def _full_windows(state: ConnectState) -> None:
     window = [
         PolledRow(
-            row_id=str(uuid.uuid4()), created_at=T0, source_id=str(uuid.uuid4()), method="message/send",
-            outcome="deliver", message=A2AMessage(message_id=str(uuid.uuid4()), parts=[TextPart(text="t")]), text="t",
+            row_id=str(uuid.uuid4()),
+            created_at=T0,
+            source_id=str(uuid.uuid4()),
+            method="message/send",
+            outcome="deliver",
+            message=A2AMessage(message_id=str(uuid.uuid4()), parts=[TextPart(text="t")]),
+            text="t",
         )
         for _ in range(DEDUPE_WINDOW)
     ]
@@ -171,9 +186,15 @@ def test_ten_thousand_dead_letters_fit_when_senders_and_conversations_repeat() -
     for n in range(10_000):
         state.dead_letter(
             DeadLetter(
-                row_id=str(uuid.uuid4()), read_after=str(uuid.uuid4()), created_at=T0 + timedelta(microseconds=n),
-                lane=f"ctx:{contexts[n % 200]}", source_id=senders[n % 20], message_id=str(uuid.uuid4()),
-                error="exec: 'agent' exited with status 1: (stderr empty)", stage="dispatch", attempts=5,
+                row_id=str(uuid.uuid4()),
+                read_after=str(uuid.uuid4()),
+                created_at=T0 + timedelta(microseconds=n),
+                lane=f"ctx:{contexts[n % 200]}",
+                source_id=senders[n % 20],
+                message_id=str(uuid.uuid4()),
+                error="exec: 'agent' exited with status 1: (stderr empty)",
+                stage="dispatch",
+                attempts=5,
                 dead_lettered_at=T0 + timedelta(seconds=n),
             )
         )
@@ -191,9 +212,15 @@ def test_dead_letters_with_every_id_random_are_full_before_the_payload_limit() -
         context = str(uuid.uuid4())
         state.dead_letter(
             DeadLetter(
-                row_id=str(uuid.uuid4()), read_after=str(uuid.uuid4()), created_at=T0 + timedelta(microseconds=n),
-                lane=f"ctx:{context}", source_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
-                error="exec: 'agent' exited with status 1: (stderr empty)", stage="dispatch", attempts=5,
+                row_id=str(uuid.uuid4()),
+                read_after=str(uuid.uuid4()),
+                created_at=T0 + timedelta(microseconds=n),
+                lane=f"ctx:{context}",
+                source_id=str(uuid.uuid4()),
+                message_id=str(uuid.uuid4()),
+                error="exec: 'agent' exited with status 1: (stderr empty)",
+                stage="dispatch",
+                attempts=5,
                 dead_lettered_at=T0 + timedelta(seconds=n),
             )
         )
@@ -210,8 +237,14 @@ def test_reply_stage_letters_keep_answers_only_within_a_total_budget() -> None:
     for n in range(100):
         state.dead_letter(
             DeadLetter(
-                row=row(n), lane="ctx:c1", error="reply to peer: HTTP 400", stage="reply", attempts=1,
-                first_failed_at=T0, dead_lettered_at=T0, reply_parts=answer,
+                row=row(n),
+                lane="ctx:c1",
+                error="reply to peer: HTTP 400",
+                stage="reply",
+                attempts=1,
+                first_failed_at=T0,
+                dead_lettered_at=T0,
+                reply_parts=answer,
             )
         )
     kept = [d for d in state.dead_letters if d.reply_parts is not None]
@@ -222,8 +255,14 @@ def test_reply_stage_letters_keep_answers_only_within_a_total_budget() -> None:
     carried.take_dead_letters(kept[0].row_id)
     carried.dead_letter(
         DeadLetter(
-            row=row(200), lane="ctx:c1", error="reply to peer: HTTP 400", stage="reply", attempts=1,
-            first_failed_at=T0, dead_lettered_at=T0, reply_parts=answer,
+            row=row(200),
+            lane="ctx:c1",
+            error="reply to peer: HTTP 400",
+            stage="reply",
+            attempts=1,
+            first_failed_at=T0,
+            dead_lettered_at=T0,
+            reply_parts=answer,
         )
     )
     assert carried.dead_letters[-1].reply_parts == answer  # room made by the letter taken out
@@ -233,8 +272,15 @@ def test_redrive_puts_message_back_once() -> None:
     state = ConnectState(seeded=True)
     state.ingest(PollResult(rows=[row(1)]))
     state.dead_letter(
-        DeadLetter(row=row(1), lane="ctx:c1", error="boom", stage="dispatch", attempts=5,
-                   first_failed_at=T0, dead_lettered_at=T0)
+        DeadLetter(
+            row=row(1),
+            lane="ctx:c1",
+            error="boom",
+            stage="dispatch",
+            attempts=5,
+            first_failed_at=T0,
+            dead_lettered_at=T0,
+        )
     )
     assert not state.pending and state.commit_cursor.row_id == rid(1)
     state.redrive(state.take_dead_letters(rid(1)))

@@ -45,29 +45,22 @@ async def test_connect_client_closed_port_raises_one_line_error(bare_env: dict[s
     with pytest.raises(TemporalConnectError) as info:
         await connect_client(environ=env)
     assert str(info.value) == (
-        f"cannot reach Temporal at 127.0.0.1:{port} (from TEMPORAL_ADDRESS): Connection refused; "
-        "is the server running?"
+        f"cannot reach Temporal at 127.0.0.1:{port} (from TEMPORAL_ADDRESS): Connection refused; is the server running?"
     )
     assert isinstance(info.value, RuntimeError)
 
 
-async def test_connect_client_profile_in_config_file_names_profile(
-    tmp_path: Path, bare_env: dict[str, str]
-) -> None:
+async def test_connect_client_profile_in_config_file_names_profile(tmp_path: Path, bare_env: dict[str, str]) -> None:
     port = closed_port()
     config = tmp_path / "temporal.toml"
     config.write_text(f'[profile.staging]\naddress = "127.0.0.1:{port}"\nnamespace = "ns-x"\n')
     env = {**bare_env, "TEMPORAL_CONFIG_FILE": str(config), "TEMPORAL_PROFILE": "staging"}
     with pytest.raises(TemporalConnectError) as info:
         await connect_client(environ=env)
-    assert str(info.value).startswith(
-        f"cannot reach Temporal at 127.0.0.1:{port} (from profile staging in {config}): "
-    )
+    assert str(info.value).startswith(f"cannot reach Temporal at 127.0.0.1:{port} (from profile staging in {config}): ")
 
 
-async def test_connect_client_bad_config_file_hides_its_contents(
-    tmp_path: Path, bare_env: dict[str, str]
-) -> None:
+async def test_connect_client_bad_config_file_hides_its_contents(tmp_path: Path, bare_env: dict[str, str]) -> None:
     config = tmp_path / "temporal.toml"
     config.write_text('[profile.default]\napi_key = "sk-very-secret\n')
     with pytest.raises(TemporalConnectError) as info:

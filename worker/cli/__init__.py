@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         reason = (str(err).splitlines() or [""])[0][:300]
         code = (
-            f"molecule-connect: unexpected {type(err).__name__}: {reason} "
-            f"(set {LOG_LEVEL_ENV}=DEBUG for the traceback)"
+            f"molecule-connect: unexpected {type(err).__name__}: {reason} (set {LOG_LEVEL_ENV}=DEBUG for the traceback)"
         )
     if isinstance(code, str):
         print(code, file=sys.stderr)

@@ -131,16 +131,12 @@ def test_create_backend_plugin_option_error_passes_through(plugin: str):
 
 
 def test_create_backend_plugin_own_exception_becomes_config_error(plugin: str):
-    with pytest.raises(
-        BackendConfigError, match=r"^backend 'whisper' \(.*:make_whisper\): ValueError: whisper takes"
-    ):
+    with pytest.raises(BackendConfigError, match=r"^backend 'whisper' \(.*:make_whisper\): ValueError: whisper takes"):
         create_backend("whisper", {"x": "1"})
 
 
 def test_create_backend_plugin_import_failure_raises_config_error(plugin: str):
-    with pytest.raises(
-        BackendConfigError, match="^backend 'broken': cannot load no_such_module_xyz:factory: "
-    ):
+    with pytest.raises(BackendConfigError, match="^backend 'broken': cannot load no_such_module_xyz:factory: "):
         create_backend("broken", {})
 
 
@@ -169,9 +165,7 @@ def test_create_backend_entry_point_from_monkeypatched_metadata_loads(monkeypatc
     )
 
     def fake_entry_points(**selection):
-        return importlib.metadata.EntryPoints(
-            [entry_point] if selection.get("group") == ENTRY_POINT_GROUP else []
-        )
+        return importlib.metadata.EntryPoints([entry_point] if selection.get("group") == ENTRY_POINT_GROUP else [])
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
 

@@ -288,9 +288,7 @@ async def test_claude_code_not_logged_in_then_logged_in_continues_the_conversati
     assert flags == ["--session-id", "--session-id", "--resume", "--resume"]
 
 
-async def test_claude_code_transcript_without_conversation_moves_to_next_session_id(
-    fake_claude: Path, tmp_path: Path
-):
+async def test_claude_code_transcript_without_conversation_moves_to_next_session_id(fake_claude: Path, tmp_path: Path):
     """Claude killed as it started leaves a transcript it can neither resume nor reuse: both flags are refused."""
     first = session_id("ws-1", "ctx-1")
     (_state(tmp_path) / "sessions" / first).write_text("")

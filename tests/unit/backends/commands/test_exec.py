@@ -301,9 +301,7 @@ async def test_exec_background_leftovers_get_sigterm_after_success():
     await wait_until(lambda: not process_running(leftover))
 
 
-async def test_exec_output_over_cap_raises_backend_error_and_kills(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+async def test_exec_output_over_cap_raises_backend_error_and_kills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(process_run, "MAX_STDOUT_BYTES", 100_000)
     backend = ExecBackend({"cmd": "sh -c 'echo $$ > shell.pid; exec yes'", "cwd": str(tmp_path)})
 
