@@ -10,8 +10,11 @@ implementation (the Temporal connector, then the plain-loop baseline on a fresh 
 3. read the timings back from the platform (:mod:`benchmarks.deliveries`): latency, the poll wait, and the
    overhead beyond it.
 
-The Temporal connector runs with its default settings except ``poll_interval_s``; the baseline reads on a fixed
-ticker of the same period. Nothing here asserts on timing.
+The Temporal connector runs with its default settings except ``poll_interval_s`` and the ping-pong guard: the
+benchmark's peer is a script that writes again within a second of each reply, which the guard counts as an
+automatic exchange and would stop after ``max_auto_reply_depth`` of them (docs/protocol.md §7), so
+``AUTOMATIC_EXCHANGES_ALLOWED`` lifts it. The baseline reads on a fixed ticker of the same period. Nothing here
+asserts on timing.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from benchmarks.machine import CpuWindow
 from benchmarks.report import Figure, Result
 from benchmarks.stack import Stack, running_stack
 from devplatform.client import CreatedWorkspace
+
+AUTOMATIC_EXCHANGES_ALLOWED = 1_000_000
+"""``max_auto_reply_depth`` of the measured connector: one paced conversation is hundreds of quick exchanges."""
 
 IMPLEMENTATIONS = ("temporal", "baseline")
 
@@ -118,7 +124,7 @@ async def _paced_run(stack: Stack, implementation: str, interval_s: float, param
         stack,
         implementation,
         agent,
-        {"poll_interval_s": interval_s},
+        {"poll_interval_s": interval_s, "max_auto_reply_depth": AUTOMATIC_EXCHANGES_ALLOWED},
         request_budget_per_min=params.request_budget_per_min,
     ):
         for index in range(params.warmup + params.messages):

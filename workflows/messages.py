@@ -85,7 +85,7 @@ class ConnectSettings(Model):
     """Text of the error reply. ``{row_id}`` is the inbound row (the operator's reference); ``{error}`` is only the
     kind of failure (``the agent failed``, ``the agent timed out``, ``the message could not be read``, ...), never the
     details, which stay in ``status`` and the logs: a sender never learns local paths, commands or environment."""
-    max_auto_reply_depth: int = Field(default=4, ge=0)
+    max_auto_reply_depth: int = Field(default=8, ge=0)
     """Automatic exchanges in a row a conversation may have (counted on our side: peer agents' messages and quick
     answers to our replies, and the ``auto_reply_depth`` peers copy); past it messages are settled without dispatch
     and the sender is told once (docs/protocol.md §7)."""
