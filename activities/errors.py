@@ -35,6 +35,8 @@ class ErrorType(StrEnum):
     TOKEN_MISSING = "TokenMissing"
     """This worker holds no token for the workspace. Retryable, soon: another worker on the task queue may hold it.
     Non-retryable once no worker has taken the activity for :data:`TOKEN_HANDOFF`: the connector shows ``blocked``."""
+    WORKER_LOST = "WorkerLost"
+    """A session's worker stopped heartbeating its lease (``activities.lease``): retried at once on a live worker."""
 
 
 TOKEN_HANDOFF = timedelta(minutes=3)

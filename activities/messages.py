@@ -34,6 +34,10 @@ class ActivityName(StrEnum):
     """Replaced by ``session``; still called by connectors started before it."""
     POLL = "poll"
     """Replaced by ``session``; still called by connectors started before it."""
+    HOLD_LEASE = "hold_lease"
+    """A worker's liveness lease (``workflows.lease``): runs on the worker's own lease task queue."""
+    RELEASE_SESSIONS = "release_sessions"
+    """Fails over the sessions of a worker whose lease expired (``workflows.lease``)."""
 
 
 class Model(BaseModel):
@@ -388,3 +392,41 @@ class CheckCursorInput(Model):
     target: PlatformTarget
     row_id: str
     """The row the operator wants the cursor on (a UUID)."""
+
+
+class HeldSession(Model):
+    """A ``session`` activity running on a worker, as the worker's lease lists it (``hold_lease`` heartbeat details)."""
+
+    workflow_id: str
+    """The ``ConnectWorkflow`` id, e.g. ``connect-ws-1``."""
+    run_id: str
+    activity_id: str
+
+
+class HoldLeaseInput(Model):
+    """Input of ``hold_lease``: the worker heartbeats it, listing its sessions, until it shuts down."""
+
+    hold_for_s: float = Field(default=86_400.0, gt=0)
+    """Return after this long (the lease workflow then continues as new, so its history stays a few events)."""
+
+
+class ReleaseInput(Model):
+    """Input of ``release_sessions``: the sessions a lost worker held, by its lease's last heartbeat."""
+
+    worker_identity: str
+    """The lost worker's Temporal identity (``pid@host``), as pending activities report it."""
+    sessions: list[HeldSession]
+    watch_s: float = Field(default=75.0, ge=0)
+    """Keep releasing sessions the lost worker takes again for this long: a frozen worker's open task polls can be
+    handed the retried sessions until the server expires those polls (about a minute)."""
+    recheck_s: float = Field(default=3.0, gt=0)
+    """Seconds between two looks while watching."""
+
+
+class ReleaseResult(Model):
+    """Result of ``release_sessions``."""
+
+    released: list[str]
+    """Workflow ids whose session was failed over, each once, in the order released."""
+    releases: int
+    """Sessions failed over in all (a workflow counts again when the lost worker took its session again)."""

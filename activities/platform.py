@@ -75,6 +75,7 @@ from activities.messages import (
     SessionResult,
 )
 from activities.planner import RequestBudgets
+from activities.shutdown import sleep_until_shutdown as _pause
 
 BUDGET_HEARTBEAT_S = 5.0
 """While a request of a regular activity (``reply``, ``dispatch``) waits for the request budget, Temporal is
@@ -104,23 +105,6 @@ logger = logging.getLogger(__name__)
 _IN_SESSION: contextvars.ContextVar[bool] = contextvars.ContextVar("in_session", default=False)
 """Set inside ``session``: its pulse heartbeats Temporal, so a request queued for the budget must not (an extra
 heartbeat would shift the pulse's heartbeats under the SDK's throttle)."""
-
-
-async def _pause(seconds: float) -> bool:
-    """Sleep ``seconds`` inside an activity, waking early when the worker shuts down.
-
-    Returns:
-        ``True`` when the worker is shutting down: long-running duties (``session``) then return at once, so a
-        graceful shutdown only waits for dispatches; the workflow schedules the next run on whichever worker is up.
-    """
-    if activity.is_worker_shutdown():
-        return True
-    shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
-    try:
-        await asyncio.wait({shutdown}, timeout=seconds)
-    finally:
-        shutdown.cancel()
-    return activity.is_worker_shutdown()
 
 
 class RowNotFoundError(LookupError):

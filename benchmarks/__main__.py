@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: default and 8)",
     )
     p.add_argument("--heartbeat-interval", type=float, default=o.heartbeat_interval_s, help="seconds (default 30)")
+    p.add_argument(
+        "--lease-timeout",
+        type=float,
+        default=o.lease_timeout_s,
+        help=f"the workers' --lease-timeout, seconds; 0: no lease (default {o.lease_timeout_s:g})",
+    )
     p.add_argument("--poll-interval", type=float, default=o.poll_interval_s, help="seconds (default 1)")
     p.add_argument("--settle", type=float, default=o.settle_s, help="seconds before the window (60)")
     p.add_argument("--window", type=float, default=o.window_s, help=f"idle action window (default {o.window_s:g})")
@@ -278,6 +284,7 @@ def params_from(args: argparse.Namespace) -> Any:
             window_s=args.window,
             observe_s=args.observe,
             stop=args.stop,
+            lease_timeout_s=args.lease_timeout,
         )
     raise ValueError(args.scenario)
 

@@ -70,12 +70,14 @@ class FailoverParams:
     observe_s: float = 120.0
     """How long after the kill the fleet is watched (the stale window is 90 s, swept every 15 s)."""
     reply_timeout_s: float = 180.0
+    lease_timeout_s: float = 6.0
+    """The workers' ``--lease-timeout`` (their default); ``0``: no lease, sessions move on their own timeout."""
     stop: str = "kill"
     """``kill``: SIGKILL the worker (a crash: its connections close). ``freeze``: SIGSTOP it (a paused VM or a
     partition: its connections stay open, and Temporal still counts its pending polls)."""
 
 
-def _worker_command(task_queue: str) -> list[str]:
+def _worker_command(task_queue: str, lease_timeout_s: float) -> list[str]:
     """``molecule-connect worker`` run by this interpreter (the code under test, also from a work tree)."""
     return [
         sys.executable,
@@ -88,11 +90,15 @@ def _worker_command(task_queue: str) -> list[str]:
         "0",
         "--log-level",
         "WARNING",
+        "--lease-timeout",
+        f"{lease_timeout_s:g}",
     ]
 
 
 @contextlib.asynccontextmanager
-async def _worker_processes(stack: Stack, count: int, workdir: Path) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+async def _worker_processes(
+    stack: Stack, count: int, workdir: Path, lease_timeout_s: float
+) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
     """Start ``count`` worker processes with every token of the stack in a 0600 file; kill them on exit."""
     tokens_file = workdir / "tokens.json"
     tokens_file.write_text(json.dumps(stack.tokens))
@@ -113,7 +119,11 @@ async def _worker_processes(stack: Stack, count: int, workdir: Path) -> AsyncIte
             with log.open("wb") as out:
                 procs.append(
                     subprocess.Popen(
-                        _worker_command(stack.task_queue), env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT
+                        _worker_command(stack.task_queue, lease_timeout_s),
+                        env=env,
+                        cwd=REPO_ROOT,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
                     )
                 )
             logs.append(log)
@@ -176,7 +186,7 @@ async def _round(params: FailoverParams, failover_timeout_s: float | None) -> di
         fleet = await stack.workspaces("failover", params.workspaces)
         peer = (await stack.workspaces("peer", 1))[0]
         with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
-            async with _worker_processes(stack, 2, Path(tmp)) as procs:
+            async with _worker_processes(stack, 2, Path(tmp), params.lease_timeout_s) as procs:
                 started = time.time()
                 handles = await stack.start_connectors(fleet, settings, spread_s=params.heartbeat_interval_s)
                 ready = await stack.wait_polling([w.id for w in fleet], after=started)
@@ -229,6 +239,7 @@ async def _round(params: FailoverParams, failover_timeout_s: float | None) -> di
         "failover_timeout_s": effective_timeout,
         "configured": failover_timeout_s,
         "stop": params.stop,
+        "lease_timeout_s": params.lease_timeout_s,
         "moved": len(moved),
         "moved_to_survivor": len(survivor_placed),
         "max_silence_moved_s": summarize([max_silence[i] for i in moved], digits=2),
@@ -251,7 +262,8 @@ async def _round(params: FailoverParams, failover_timeout_s: float | None) -> di
 
 def _figures(r: dict[str, Any]) -> list[Figure]:
     stop = ", worker frozen" if r["stop"] == "freeze" else ""
-    tag = f"(failover_timeout_s={r['failover_timeout_s']:g}{'' if r['configured'] else ', default'}{stop})"
+    lease = f"lease {r['lease_timeout_s']:g} s" if r["lease_timeout_s"] else "no lease"
+    tag = f"(failover_timeout_s={r['failover_timeout_s']:g}{'' if r['configured'] else ', default'}, {lease}{stop})"
     gap_max = r["max_silence_moved_s"]["max"]
     latency_max = r["latency_moved_s"]["max"]
     return [

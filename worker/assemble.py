@@ -23,12 +23,15 @@ from temporalio.worker import Interceptor, Worker
 
 from activities.budget import DEFAULT_BURST, DEFAULT_PER_MINUTE
 from activities.dispatch import DispatchActivities
+from activities.lease import LeaseActivities, SessionRegistry
 from activities.planner import RequestBudgets
 from activities.platform import PlatformActivities, TokenLookup
 from worker.budget_share import BudgetShareError, HostBudgetShare
 from worker.http import platform_client
+from worker.lease import holding_lease
 from worker.tracing import worker_interceptors
 from workflows.connect import ConnectWorkflow
+from workflows.lease import WorkerLeaseWorkflow
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ async def running_worker(
     request_burst: int = DEFAULT_BURST,
     interceptors: Sequence[Interceptor] | None = None,
     budget_share_dir: Path | None = None,
+    lease_timeout_s: float | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a connector worker for the duration of the ``async with`` block.
 
@@ -95,6 +99,10 @@ async def running_worker(
             commands that only query or signal connectors never trace.
         budget_share_dir: Share the request budget with the other workers using this directory (those of this host:
             ``worker.budget_share``); ``None``: this worker uses the whole budget.
+        lease_timeout_s: Hold a liveness lease with this heartbeat timeout (``workflows.lease``): when this worker
+            dies, its sessions move to another worker within about this plus ~2 s. ``None``: no lease; a session
+            moves after its own heartbeat timeout (``failover_timeout_s``). Every worker can run a lost worker's
+            release, with or without a lease of its own.
 
     Yields:
         The running ``Worker``.
@@ -103,11 +111,15 @@ async def running_worker(
     http = platform_client(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS)
     platform = PlatformActivities(http, token_for, org_id=org_id, agent_version=agent_version(), budgets=budgets)
     dispatch = DispatchActivities(platform)
+    registry = SessionRegistry()
+    leases = LeaseActivities(registry)
+    chosen = worker_interceptors() if interceptors is None else interceptors
     worker = Worker(
         client,
         task_queue=task_queue,
-        workflows=[ConnectWorkflow],
+        workflows=[ConnectWorkflow, WorkerLeaseWorkflow],
         activities=[
+            leases.release_sessions,
             platform.register,
             platform.session,
             platform.check_cursor,
@@ -119,12 +131,17 @@ async def running_worker(
         ],
         max_concurrent_activities=max_concurrent_activities,
         graceful_shutdown_timeout=graceful_shutdown,
-        interceptors=worker_interceptors() if interceptors is None else interceptors,
+        interceptors=[*chosen, registry] if lease_timeout_s else chosen,
     )
     share = await _join_budget_share(budgets, budget_share_dir)
     share_task = asyncio.create_task(share.run(), name="budget-share") if share is not None else None
     try:
-        async with worker:
+        async with contextlib.AsyncExitStack() as stack:
+            if lease_timeout_s:
+                await stack.enter_async_context(
+                    holding_lease(client, task_queue=task_queue, leases=leases, timeout_s=lease_timeout_s)
+                )
+            await stack.enter_async_context(worker)
             yield worker
     finally:
         if share_task is not None and share is not None:

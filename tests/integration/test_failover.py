@@ -141,14 +141,16 @@ class Fleet:
         placed = {ws.id: await self.session_worker(ws.id) for ws in self.workspaces}
         return placed if all(pid in self.workers for pid in placed.values()) else None  # type: ignore[return-value]
 
-    async def kill_busiest(self) -> tuple[int, int, list[str], datetime]:
-        """SIGKILL the worker running most sessions: ``(victim pid, survivor pid, its workspaces, when)``."""
+    async def kill_busiest(self, how: signal.Signals = signal.SIGKILL) -> tuple[int, int, list[str], datetime]:
+        """SIGKILL (or ``how``) the worker running most sessions: ``(victim pid, survivor pid, its workspaces,
+        when)``."""
         placed = await wait_until(self.placed, timeout=30, message="every session running on a worker")
         victim = max(self.workers, key=lambda pid: sum(p == pid for p in placed.values()))
         survivor = next(pid for pid in self.workers if pid != victim)
         proc, _ = self.workers[victim]
-        proc.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(proc.wait, 10)
+        proc.send_signal(how)
+        if how == signal.SIGKILL:
+            await asyncio.to_thread(proc.wait, 10)
         moved = sorted(ws_id for ws_id, pid in placed.items() if pid == victim)
         assert moved, "the victim ran no session: the test would prove nothing"
         return victim, survivor, moved, datetime.now(UTC)
@@ -242,3 +244,67 @@ async def test_fast_failover_moves_the_workflow_off_the_dead_worker(fleet: Fleet
     await fleet.wait_answered(await fleet.send_to_all("after-kill"))
 
     assert await fleet.timed_out_workflow_tasks(moved) == {fleet.name(ws_id): 0 for ws_id in moved}
+
+
+async def _worker_lost_sessions(fleet: Fleet, workspace_id: str) -> int:
+    """Session attempts of the workspace's connector that started after its worker lost its lease (``WorkerLost``)."""
+    events = (await fleet.handles[workspace_id].fetch_history()).events
+    return sum(
+        e.activity_task_started_event_attributes.last_failure.application_failure_info.type == "WorkerLost"
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    )
+
+
+async def _leases_list(fleet: Fleet) -> bool:
+    """Whether the running leases' recorded heartbeats list every workspace (a lease lags its worker by ≤ 4.8 s)."""
+    client = fleet.harness.client
+    query = f"WorkflowType = 'WorkerLeaseWorkflow' AND TaskQueue = '{fleet.harness.task_queue}'"
+    listed: set[str] = set()
+    async for execution in client.list_workflows(query):
+        description = await client.get_workflow_handle(execution.id).describe()
+        for pending in description.raw_description.pending_activities:
+            for payload in pending.heartbeat_details.payloads:
+                listed |= {held["workflow_id"] for held in json.loads(payload.data)}
+    return {f"connect-{ws.id}" for ws in fleet.workspaces} <= listed
+
+
+async def test_a_dead_workers_lease_moves_its_sessions_long_before_their_own_timeout(fleet: Fleet) -> None:
+    """Each ``worker`` holds a liveness lease (6 s). With the sessions' own heartbeat timeout at 120 s, only the
+    lease can move a SIGKILLed worker's sessions in time: the messages sent after the kill are answered (within the
+    90 s the helper waits, under that timeout), each after its session was failed over as ``WorkerLost``."""
+    await fleet.start(4, heartbeat_interval_s=30 * SCALE, failover_timeout_s=120)
+    await fleet.wait_answered(await fleet.send_to_all("before-kill"))
+    await wait_until(lambda: _leases_list(fleet), timeout=30, interval=0.5, message="the leases listing every session")
+    _, survivor, moved, _ = await fleet.kill_busiest()
+    await fleet.wait_answered(await fleet.send_to_all("after-kill"))
+
+    for ws_id in moved:
+
+        async def on_survivor(ws_id: str = ws_id) -> bool:
+            return await fleet.session_worker(ws_id) == survivor
+
+        await wait_until(on_survivor, timeout=10, message=f"{fleet.name(ws_id)}'s session on the survivor")
+    assert {fleet.name(ws_id): await _worker_lost_sessions(fleet, ws_id) for ws_id in moved} == {
+        fleet.name(ws_id): 1 for ws_id in moved
+    }
+
+
+async def test_a_frozen_worker_loses_its_lease_and_takes_a_new_one_when_it_wakes(fleet: Fleet) -> None:
+    """SIGSTOP (a paused VM): the frozen worker's open task polls stay matched by the server, yet its sessions move
+    to the survivor through its lease, and the messages sent meanwhile are answered. After SIGCONT the worker finds
+    its lease gone and takes a new one."""
+    await fleet.start(4, heartbeat_interval_s=30 * SCALE, failover_timeout_s=120)
+    await fleet.wait_answered(await fleet.send_to_all("before-freeze"))
+    await wait_until(lambda: _leases_list(fleet), timeout=30, interval=0.5, message="the leases listing every session")
+    victim, survivor, moved, _ = await fleet.kill_busiest(signal.SIGSTOP)
+    await fleet.wait_answered(await fleet.send_to_all("after-freeze"))
+    for ws_id in moved:
+        assert await _worker_lost_sessions(fleet, ws_id) >= 1, fleet.name(ws_id)
+
+    proc, log = fleet.workers[victim]
+    proc.send_signal(signal.SIGCONT)
+    await wait_until(
+        lambda: log.read_text().count("holding lease") == 2, timeout=60, message="the woken worker's new lease"
+    )
+    assert "this worker lost its lease" in log.read_text()

@@ -104,6 +104,17 @@ SharedBudgetOption = Annotated[
         "using all of it.",
     ),
 ]
+LeaseTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--lease-timeout",
+        envvar="MOLECULE_LEASE_TIMEOUT",
+        help="Hold a liveness lease heartbeated within this many seconds: when this worker dies, its workspaces "
+        "move to another worker within about this plus 2 s (costs ~3600/(0.8 × this) actions an hour per worker). "
+        "0: no lease; they move after their session's heartbeat timeout (failover_timeout_s, 36 s).",
+        min=0,
+    ),
+]
 RequestBurstOption = Annotated[
     int,
     typer.Option(
@@ -405,6 +416,8 @@ class WorkerOptions:
     tokens: TokenStore
     shutdown_grace: float = 30.0
     budget: Budget = Budget()
+    lease_timeout_s: float | None = None
+    """Hold a liveness lease with this heartbeat timeout (``worker.lease``); ``None``: none."""
 
 
 async def connect_worker_client(metrics_port: int | None, metrics_host: str = DEFAULT_METRICS_HOST) -> ConnectedClient:
@@ -447,6 +460,7 @@ async def serving(client: Client, task_queue: str, options: WorkerOptions) -> As
         request_budget_per_min=budget.per_min,
         request_burst=budget.burst,
         budget_share_dir=state_dir() / SHARE_DIR if budget.shared else None,
+        lease_timeout_s=options.lease_timeout_s,
     ):
         await announce_budget(client, task_queue, budget)
         yield

@@ -23,6 +23,7 @@ from worker.cli.common import (
     BackendOption,
     BackendOptions,
     Budget,
+    LeaseTimeoutOption,
     LogFormatOption,
     LogLevelOption,
     MetricsHostOption,
@@ -50,6 +51,7 @@ from worker.cli.common import (
 )
 from worker.logs import announce
 from worker.settings import TASK_QUEUE, run_task_queue
+from workflows.lease import LEASE_TIMEOUT_S
 
 app = typer.Typer()
 
@@ -177,15 +179,22 @@ def worker(
     request_budget: RequestBudgetOption = DEFAULT_PER_MINUTE,
     request_burst: RequestBurstOption = DEFAULT_BURST,
     shared_budget: SharedBudgetOption = True,
+    lease_timeout: LeaseTimeoutOption = LEASE_TIMEOUT_S,
 ) -> None:
     """Run a worker only: it serves every connector on the task queue (fleets run many of these).
 
     Every worker on a task queue may run any connector's activities on it, so it needs the tokens of all their
     workspaces: $MOLECULE_TOKENS_FILE. $MOLECULE_WORKSPACE_TOKEN is one workspace's token: it needs
-    $MOLECULE_WORKSPACE_ID to say which.
+    $MOLECULE_WORKSPACE_ID to say which. The worker holds a liveness lease (--lease-timeout), so when it dies the
+    other workers on the queue take over its workspaces within seconds.
     """
     setup_logging(log_format, log_level)
-    options = WorkerOptions(tokens_for(None), shutdown_grace, Budget(request_budget, request_burst, shared_budget))
+    options = WorkerOptions(
+        tokens_for(None),
+        shutdown_grace,
+        Budget(request_budget, request_burst, shared_budget),
+        lease_timeout_s=lease_timeout or None,
+    )
 
     async def started(client: Client) -> str:
         return f"worker running on task queue {task_queue}"
