@@ -11,6 +11,8 @@ Modules:
 - ``messages``: input and result models of every activity (what lands in history).
 - ``budget``: the per-process request budget per platform and the idle poll backoff.
 - ``probe``: the startup capability probe (docs/protocol.md §3.3).
+- ``lease``: a worker's liveness lease (``hold_lease``, the session registry) and ``release_sessions``.
+- ``shutdown``: sleeping inside an activity until the worker shuts down.
 - ``backends/``: what answers a message (``echo``, ``exec``, ``claude-code``, ``http``, plugins).
 - ``local_state``: the state directory of this machine (``MOLECULE_CONNECT_STATE_DIR``, else the user's state dir).
 

@@ -152,8 +152,10 @@ class LeaseActivities:
     async def release_sessions(self, input: ReleaseInput) -> ReleaseResult:
         """Fail over the sessions a lost worker held: each one still started on it is failed by id and retried.
 
-        Looks again every ``recheck_s`` for ``watch_s``: a frozen worker's open task polls may be handed a retried
-        session, which is then released again.
+        Then looks again every ``recheck_s`` for ``watch_s`` at the workflows it released: a frozen worker's open
+        task polls may be handed a retried session, which is then released again. (After a crash the connections
+        are closed and the looks find nothing.) One ``describe`` per listed workflow, then one per released
+        workflow and look.
 
         Returns:
             The workflow ids released, and how many releases in all.
@@ -162,15 +164,17 @@ class LeaseActivities:
         released: list[str] = []
         releases = 0
         watch_until = time.monotonic() + input.watch_s
+        looking_at = [s.workflow_id for s in input.sessions]
         while True:
-            outcomes = await _bounded(client, [s.workflow_id for s in input.sessions], input.worker_identity)
-            for session, done in zip(input.sessions, outcomes, strict=True):
+            outcomes = await _bounded(client, looking_at, input.worker_identity)
+            for workflow_id, done in zip(looking_at, outcomes, strict=True):
                 if done:
                     releases += 1
-                    if session.workflow_id not in released:
-                        released.append(session.workflow_id)
+                    if workflow_id not in released:
+                        released.append(workflow_id)
             activity.heartbeat(releases)
-            if time.monotonic() >= watch_until or await sleep_until_shutdown(input.recheck_s):
+            looking_at = list(released)
+            if not released or time.monotonic() >= watch_until or await sleep_until_shutdown(input.recheck_s):
                 break
         if releases:
             activity.logger.info(

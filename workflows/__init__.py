@@ -17,13 +17,16 @@ Modules, in the order a message passes through them:
 - ``legacy``: the paths kept for runs started before ``session-and-outages`` (retired with that patch).
 - ``messages``: ``ConnectInput`` (startable from plain JSON), ``ConnectSettings`` and the handlers' models.
 - ``names``: task queue, workflow id and search attribute names (a leaf, shared with the worker and clients).
+- ``lease``: :class:`~workflows.lease.WorkerLeaseWorkflow`, one per ``worker`` process: when the worker dies or
+  freezes, its sessions are failed over to live workers within seconds.
 
 Robustness contract:
 
 - One connector per workspace and namespace: workflow id ``connect-<workspace_id>``, started with ``USE_EXISTING``.
 - One ``session`` activity per workspace heartbeats the platform and reads the inbox; it moves to another worker
-  within ``failover_timeout_s`` of its worker dying. A transient failure is retried with backoff; an auth, token or
-  gone answer pauses only the duty that met it, which tries again later (docs/protocol.md §2). Nothing is fatal.
+  within seconds of its worker dying when the worker held a lease (``lease``), else within ``failover_timeout_s``.
+  A transient failure is retried with backoff; an auth, token or gone answer pauses only the duty that met it,
+  which tries again later (docs/protocol.md §2). Nothing is fatal.
 - The commit cursor moves only over settled rows (replied, skipped, dead-lettered, duplicate); a dedupe window of
   row ids and messageIds makes a 410 re-read or a rewind deliver nothing twice (docs/protocol.md §8).
 - A message failing while others succeed is retried, then dead-lettered (a reference, never evicted) and its

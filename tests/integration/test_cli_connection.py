@@ -97,7 +97,8 @@ async def test_version_help_and_completion(cli_env: dict[str, str]) -> None:
     assert version.code == 0 and version.stdout.startswith("molecule-connect "), version
     short_help = await cli(cli_env, "status", "-h")
     assert short_help.code == 0 and "--address" in short_help.stdout and "--api-key-env" in short_help.stdout
-    script = await cli(cli_env, "--show-completion", "bash")
+    # Typer picks the shell from the environment (make exports SHELL; a bare pytest run may have none).
+    script = await cli({**cli_env, "SHELL": "/bin/bash"}, "--show-completion", "bash")
     assert script.code == 0 and "_MOLECULE_CONNECT_COMPLETE" in script.stdout, script
     completion_env = {
         **cli_env,
