@@ -55,7 +55,9 @@ class SporadicParams:
     request_budget_per_min: float = DEFAULT_PER_MINUTE
     """Each connector worker's request budget: the production default."""
     platform_rate_limit_per_min: int = 600
-    """The platform's per-IP limit (production: 600); ``0``: off."""
+    """The platform's per-IP limit (production: 600); ``0``: off. Every set of workspaces stands for a client of its
+    own, but all share the loopback IP here, so the platform allows this × ``replicas`` (one set, two connectors and
+    two plain loops reading every second, uses ~250/min; four sets at 600 would be refused with ``429``)."""
     reply_timeout_s: float = 120.0
     seed: int = 15
     replicas: int = 4
@@ -118,7 +120,7 @@ async def run(params: SporadicParams) -> Result:
     began = time.monotonic()
     rng = random.Random(params.seed)
     silences: list[float] = []
-    async with running_stack(rate_limit_per_min=params.platform_rate_limit_per_min) as stack:
+    async with running_stack(rate_limit_per_min=params.platform_rate_limit_per_min * params.replicas) as stack:
         peer = (await stack.workspaces("peer", 1))[0]
         agents = {
             (implementation, label, replica): (await stack.workspaces(f"sporadic-{implementation}-{label}", 1))[0]
@@ -197,7 +199,7 @@ async def run(params: SporadicParams) -> Result:
             "implementation and backend (figures pool them); latency = reply created_at − inbound "
             "created_at (platform clock). Each Temporal connector is alone on its worker with the default "
             f"request budget ({params.request_budget_per_min:g}/min); the platform's rate limit is "
-            f"{params.platform_rate_limit_per_min or 'off'}/min per IP.",
+            f"{params.platform_rate_limit_per_min or 'off'}/min per IP and set of workspaces (all share loopback).",
             f"exec backend: `sh -c 'sleep {params.backend_delay_s:g}; cat'`. Burst: {params.burst} messages over 8 "
             "conversations to each exec workspace after a last silence; span = last reply − first message.",
         ],
