@@ -18,13 +18,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.messages import ActivityName, HeldSession, HoldLeaseInput, ReleaseInput, ReleaseResult
+    from activities.messages import ActivityName, HeldSession, HoldLeaseInput, Model, ReleaseInput, ReleaseResult
 
 LEASE_TIMEOUT_S = 6.0
 """Default heartbeat timeout of a worker's lease: a dead worker's sessions move within about this plus ~2 s."""
@@ -36,10 +36,8 @@ START_TIMEOUT = timedelta(minutes=1)
 """A lease no worker took within this (the worker died as it started) ends ``never held``."""
 
 
-class LeaseInput(BaseModel):
+class LeaseInput(Model):
     """Input of ``WorkerLeaseWorkflow``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     worker_identity: str
     """The worker's Temporal identity (``pid@host``), as its activities' ``last_worker_identity`` shows it."""
@@ -53,10 +51,8 @@ class LeaseInput(BaseModel):
     """After failing the lost worker's sessions over, keep doing so this long (``ReleaseInput.watch_s``)."""
 
 
-class LeaseResult(BaseModel):
+class LeaseResult(Model):
     """How a lease ended."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     outcome: Literal["stopped", "lost", "never held", "failed"]
     """``stopped``: the worker shut down. ``lost``: it missed its heartbeat timeout (dead or frozen) and its sessions

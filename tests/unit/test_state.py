@@ -42,6 +42,41 @@ def row(n: int, *, context: str | None = "c1", source: str | None = "peer", outc
     )
 
 
+def letter(polled: PolledRow, **fields: object) -> DeadLetter:
+    """A dispatch-stage dead letter of ``polled`` in lane ``ctx:c1``; ``fields`` override."""
+    base: dict[str, object] = {
+        "row": polled,
+        "lane": "ctx:c1",
+        "error": "boom",
+        "stage": "dispatch",
+        "attempts": 5,
+        "first_failed_at": T0,
+        "dead_lettered_at": T0,
+    }
+    return DeadLetter.model_validate({**base, **fields})
+
+
+def reply_letter(polled: PolledRow, answer: list[TextPart]) -> DeadLetter:
+    """A reply-stage dead letter keeping ``answer`` for redrive."""
+    return letter(polled, error="reply to peer: HTTP 400", stage="reply", attempts=1, reply_parts=answer)
+
+
+def random_letter(n: int, *, context: str, sender: str) -> DeadLetter:
+    """The ``n``-th reference letter with random row, cursor and message ids (what a worst case carries)."""
+    return DeadLetter(
+        row_id=str(uuid.uuid4()),
+        read_after=str(uuid.uuid4()),
+        created_at=T0 + timedelta(microseconds=n),
+        lane=f"ctx:{context}",
+        source_id=sender,
+        message_id=str(uuid.uuid4()),
+        error="exec: 'agent' exited with status 1: (stderr empty)",
+        stage="dispatch",
+        attempts=5,
+        dead_lettered_at=T0 + timedelta(seconds=n),
+    )
+
+
 def test_ingest_skip_rows_settle_and_commit_cursor_follows() -> None:
     state = ConnectState(seeded=True)
     state.ingest(PollResult(rows=[row(1, outcome="skip"), row(2, outcome="skip")]))
@@ -106,17 +141,7 @@ def test_dead_letters_are_never_evicted_and_full_is_reported() -> None:
     """Past the limit nothing is dropped: the state says it is full (the workflow then stops taking work)."""
     state = ConnectState(seeded=True)
     for n in range(DEAD_LETTER_LIMIT + 3):
-        state.dead_letter(
-            DeadLetter(
-                row=row(n),
-                lane="ctx:c1",
-                error="boom",
-                stage="dispatch",
-                attempts=5,
-                first_failed_at=T0,
-                dead_lettered_at=T0,
-            )
-        )
+        state.dead_letter(letter(row(n)))
     assert len(state.dead_letters) == DEAD_LETTER_LIMIT + 3 and state.dead_letters_full
     assert state.dead_letters_evicted == 0 and state.counters.dead_lettered == DEAD_LETTER_LIMIT + 3
     state.take_dead_letters(rid(0))
@@ -133,15 +158,7 @@ def test_dead_letters_are_references_small_enough_for_ten_thousand() -> None:
     state = ConnectState(seeded=True)
     for n in range(10_000):
         state.dead_letter(
-            DeadLetter(
-                row=row(n).model_copy(update={"text": "x" * 5000}),
-                lane=f"ctx:c{n}",
-                error=f"boom {n % 7}",
-                stage="dispatch",
-                attempts=5,
-                first_failed_at=T0,
-                dead_lettered_at=T0,
-            )
+            letter(row(n).model_copy(update={"text": "x" * 5000}), lane=f"ctx:c{n}", error=f"boom {n % 7}")
         )
     packed = zlib.compress(state.model_dump_json().encode(), 6)
     assert len(packed) < 1024 * 1024
@@ -184,20 +201,7 @@ def test_ten_thousand_dead_letters_fit_when_senders_and_conversations_repeat() -
     senders = [str(uuid.uuid4()) for _ in range(20)]
     contexts = [str(uuid.uuid4()) for _ in range(200)]
     for n in range(10_000):
-        state.dead_letter(
-            DeadLetter(
-                row_id=str(uuid.uuid4()),
-                read_after=str(uuid.uuid4()),
-                created_at=T0 + timedelta(microseconds=n),
-                lane=f"ctx:{contexts[n % 200]}",
-                source_id=senders[n % 20],
-                message_id=str(uuid.uuid4()),
-                error="exec: 'agent' exited with status 1: (stderr empty)",
-                stage="dispatch",
-                attempts=5,
-                dead_lettered_at=T0 + timedelta(seconds=n),
-            )
-        )
+        state.dead_letter(random_letter(n, context=contexts[n % 200], sender=senders[n % 20]))
     assert len(state.dead_letters) == 10_000
     assert _carried_bytes(state) <= 2 * 1024 * 1024
 
@@ -209,21 +213,7 @@ def test_dead_letters_with_every_id_random_are_full_before_the_payload_limit() -
     _full_windows(state)
     n = 0
     while not state.dead_letters_full:
-        context = str(uuid.uuid4())
-        state.dead_letter(
-            DeadLetter(
-                row_id=str(uuid.uuid4()),
-                read_after=str(uuid.uuid4()),
-                created_at=T0 + timedelta(microseconds=n),
-                lane=f"ctx:{context}",
-                source_id=str(uuid.uuid4()),
-                message_id=str(uuid.uuid4()),
-                error="exec: 'agent' exited with status 1: (stderr empty)",
-                stage="dispatch",
-                attempts=5,
-                dead_lettered_at=T0 + timedelta(seconds=n),
-            )
-        )
+        state.dead_letter(random_letter(n, context=str(uuid.uuid4()), sender=str(uuid.uuid4())))
         n += 1
     assert n > 7000
     assert _carried_bytes(state) <= 2 * 1024 * 1024 - 256 * 1024  # room left for queued bodies
@@ -235,53 +225,21 @@ def test_reply_stage_letters_keep_answers_only_within_a_total_budget() -> None:
     answer = [TextPart(text="a" * 15_000)]
     state = ConnectState(seeded=True)
     for n in range(100):
-        state.dead_letter(
-            DeadLetter(
-                row=row(n),
-                lane="ctx:c1",
-                error="reply to peer: HTTP 400",
-                stage="reply",
-                attempts=1,
-                first_failed_at=T0,
-                dead_lettered_at=T0,
-                reply_parts=answer,
-            )
-        )
+        state.dead_letter(reply_letter(row(n), answer))
     kept = [d for d in state.dead_letters if d.reply_parts is not None]
     assert 0 < len(kept) < 100
     assert sum(len(p.model_dump_json()) for d in kept for p in d.reply_parts or []) <= REPLY_PARTS_KEPT_TOTAL_BYTES
     assert len(state.dead_letters) == 100  # the others are kept too, without their answer
     carried = ConnectState.model_validate_json(state.model_dump_json())
     carried.take_dead_letters(kept[0].row_id)
-    carried.dead_letter(
-        DeadLetter(
-            row=row(200),
-            lane="ctx:c1",
-            error="reply to peer: HTTP 400",
-            stage="reply",
-            attempts=1,
-            first_failed_at=T0,
-            dead_lettered_at=T0,
-            reply_parts=answer,
-        )
-    )
+    carried.dead_letter(reply_letter(row(200), answer))
     assert carried.dead_letters[-1].reply_parts == answer  # room made by the letter taken out
 
 
 def test_redrive_puts_message_back_once() -> None:
     state = ConnectState(seeded=True)
     state.ingest(PollResult(rows=[row(1)]))
-    state.dead_letter(
-        DeadLetter(
-            row=row(1),
-            lane="ctx:c1",
-            error="boom",
-            stage="dispatch",
-            attempts=5,
-            first_failed_at=T0,
-            dead_lettered_at=T0,
-        )
-    )
+    state.dead_letter(letter(row(1)))
     assert not state.pending and state.commit_cursor.row_id == rid(1)
     state.redrive(state.take_dead_letters(rid(1)))
     assert [p.row.row_id for p in state.pending] == [rid(1)] and not state.dead_letters
